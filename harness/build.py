@@ -1,0 +1,180 @@
+"""Module builds: kbuild out of tree against a kernel's headers, then conversion to klp relocations.
+
+The build's product is the loadable, converted .ko. modpost's `undefined!` is only a
+warning here (KBUILD_MODPOST_WARN=1) because those are the symbols being converted;
+any undefined symbol that is not converted stops the build.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import __version__
+from harness.cache import cache_dir, cache_root, locked, staged_dir
+from harness.errors import BuildError
+from harness.expect import Sample
+from harness.kernel import Kernel
+
+INCLUDE_DIR = Path(__file__).resolve().parent / "include"
+# The converter's own sources: a change to them must rebuild cached conversions.
+_CONVERTER_SOURCES = ("convert.py", "symbols.py", "elfio.py", "elfread.py", "elfwrite.py")
+_UNDEFINED = re.compile(r'(?:WARNING|ERROR): modpost: "([^"]+)" \[[^\]]+\] undefined!')
+STAMP = "klp-harness.stamp"
+
+
+@dataclass(frozen=True)
+class BuiltModule:
+    sample: str
+    module: str
+    ko: Path  # converted and loadable
+    raw_ko: Path  # as kbuild made it
+    log: Path
+    toolchain: str
+    converted: tuple[str, ...]  # ".klp.sym" names, e.g. "vmlinux.kernel_clone,0"
+    left_alone: tuple[str, ...]  # undefined symbols the kernel exports
+    cached: bool
+    seconds: float
+
+
+def modpost_undefined(log_text: str) -> list[str]:
+    """The symbols modpost reported as `undefined!` (neither in the module nor exported)."""
+    return sorted(set(_UNDEFINED.findall(log_text)))
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _fingerprint(kernel: Kernel, sample: Sample, toolchain: str) -> str:
+    digest = hashlib.sha256()
+    for part in (__version__, kernel.name, kernel.package_version, toolchain, repr(sample.convert)):
+        digest.update(part.encode() + b"\0")
+    here = Path(__file__).resolve().parent
+    files = sorted(p for p in sample.path.rglob("*") if p.is_file())
+    files += sorted(INCLUDE_DIR.glob("*.h"))
+    files += [here / n for n in _CONVERTER_SOURCES if (here / n).is_file()]
+    for path in files:
+        digest.update(str(path.name).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _symbol_data(kallsyms: Path, symvers: Path) -> tuple[object, frozenset[str]]:
+    from harness.symbols import SymbolTable, load_symvers
+
+    return SymbolTable.load(kallsyms), frozenset(load_symvers(symvers))
+
+
+def _convert(kernel: Kernel, sample: Sample, raw: Path, out: Path, undefined: list[str]) -> object:
+    from harness.convert import convert_module
+
+    symtab, exports = _symbol_data(kernel.kallsyms, kernel.symvers)
+    wanted = list(sample.convert.symbols)
+    stray = sorted(set(undefined) - set(wanted)) if wanted else []
+    if stray:
+        raise BuildError(
+            f"{sample.name}: modpost reports {', '.join(stray)} undefined on {kernel.name}, "
+            "and expect.toml does not convert them"
+        )
+    return convert_module(
+        raw,
+        out,
+        symtab=symtab,  # type: ignore[arg-type]
+        exports=set(exports),
+        symbols=wanted or None,
+        sympos=dict(sample.convert.sympos),
+        force=sample.convert.force,
+    )
+
+
+def _make(kernel: Kernel, workdir: Path, log: Path) -> str:
+    from harness.toolchain import select
+
+    toolchain = select(kernel)
+    argv = [
+        "make",
+        "-C",
+        str(kernel.headers),
+        f"M={workdir}",
+        "modules",
+        "KBUILD_MODPOST_WARN=1",
+        f"KCFLAGS=-I{INCLUDE_DIR}",
+    ]
+    command = toolchain.command(argv, binds=[cache_root(), INCLUDE_DIR, workdir])
+    proc = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    text = f"$ {' '.join(command)}\n# toolchain: {toolchain.description}\n{proc.stdout}{proc.stderr}"
+    log.write_text(text)
+    if proc.returncode != 0:
+        raise BuildError(
+            f"building {workdir.name} for {kernel.name} failed (log: {log}):\n{_tail(text)}"
+        )
+    return text
+
+
+def _read_stamp(directory: Path) -> dict[str, str] | None:
+    try:
+        lines = (directory / STAMP).read_text().splitlines()
+    except OSError:
+        return None
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def build_module(kernel: Kernel, sample: Sample) -> BuiltModule:
+    """Build and convert `sample` for `kernel`, or return the cached result when nothing changed."""
+    from harness.toolchain import select
+
+    start = time.monotonic()
+    toolchain = select(kernel).description
+    final = cache_dir("builds", kernel.name) / sample.name
+    fingerprint = _fingerprint(kernel, sample, toolchain)
+    with locked(final):
+        stamp = _read_stamp(final)
+        if stamp and stamp.get("fingerprint") == fingerprint:
+            return _result(sample, final, stamp, cached=True, seconds=time.monotonic() - start)
+        with staged_dir(final) as work:
+            shutil.copytree(sample.path, work, dirs_exist_ok=True)
+            log = work / "build.log"
+            undefined = modpost_undefined(_make(kernel, work, log))
+            raw = work / f"{sample.module}.ko"
+            if not raw.is_file():
+                raise BuildError(f"{sample.name}: kbuild made no {raw.name} (log: {log})")
+            out = work / "klp" / raw.name
+            out.parent.mkdir()
+            report = _convert(kernel, sample, raw, out, undefined)
+            converted = [f"{c.obj}.{c.name},{c.sympos}" for c in report.converted]  # type: ignore[attr-defined]
+            missing = sorted(set(undefined) - {c.name for c in report.converted})  # type: ignore[attr-defined]
+            if missing:
+                raise BuildError(f"{sample.name}: undefined and not converted: {', '.join(missing)}")
+            stamp = {
+                "fingerprint": fingerprint,
+                "toolchain": toolchain,
+                "converted": " ".join(converted),
+                "left_alone": " ".join(sorted(report.left_alone)),  # type: ignore[attr-defined]
+            }
+            (work / STAMP).write_text("".join(f"{k}={v}\n" for k, v in stamp.items()))
+    # kbuild's .cmd files still name the staging dir; only the .ko files are used from here.
+    return _result(sample, final, stamp, cached=False, seconds=time.monotonic() - start)
+
+
+def _result(
+    sample: Sample, directory: Path, stamp: dict[str, str], *, cached: bool, seconds: float
+) -> BuiltModule:
+    return BuiltModule(
+        sample=sample.name,
+        module=sample.module,
+        ko=directory / "klp" / f"{sample.module}.ko",
+        raw_ko=directory / f"{sample.module}.ko",
+        log=directory / "build.log",
+        toolchain=stamp.get("toolchain", ""),
+        converted=tuple(stamp.get("converted", "").split()),
+        left_alone=tuple(stamp.get("left_alone", "").split()),
+        cached=cached,
+        seconds=seconds,
+    )

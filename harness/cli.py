@@ -1,0 +1,75 @@
+"""`klp-harness`: a thin argparse layer; each sub-command lives in its own cli_*.py module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from harness import __version__
+from harness.cache import set_cache_root
+from harness.errors import HarnessError
+
+# Each module has `register(subparsers)`; its parsers set `func=run(args) -> int`.
+COMMAND_MODULES = (
+    "harness.cli_convert",
+    "harness.cli_kernels",
+    "harness.cli_run",
+)
+
+INTERNAL_ERROR = 70
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, exit 2, like every other bad input.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="klp-harness", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="cache for kernel packages, build roots and builds "
+        "(default: $KLP_HARNESS_CACHE, else $XDG_CACHE_HOME/klp-harness)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cache_dir is not None:
+        set_cache_root(args.cache_dir)
+    try:
+        return int(args.func(args))
+    except HarnessError as err:
+        print(f"klp-harness: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("klp-harness: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"klp-harness: {where}{err.strerror or err}", file=sys.stderr)
+        return 3
+    except Exception as err:  # a bug of ours: one line unless asked for the traceback
+        if os.environ.get("KLP_HARNESS_DEBUG"):
+            raise
+        print(
+            f"klp-harness: internal error: {type(err).__name__}: {err} "
+            "(set KLP_HARNESS_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

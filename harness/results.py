@@ -1,0 +1,110 @@
+"""Results of a run: typed outcomes, one JSON file per run (rewritten as each kernel
+finishes, so a crash later keeps what finished), and the kernel x module table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.cache import atomic_write_text
+
+SCHEMA = "klp-harness/results/1"
+
+PASS, FAIL, XFAIL, XPASS, NA, NOT_RUN = (
+    "pass",
+    "fail",
+    "expected-failure",
+    "unexpected-pass",
+    "not-applicable",
+    "not-run",
+)
+# Outcomes that leave the run green.
+GOOD = frozenset({PASS, XFAIL, NA})
+
+
+@dataclass
+class ModuleResult:
+    sample: str
+    module: str
+    outcome: str  # PASS, FAIL, XFAIL, XPASS, NA or NOT_RUN
+    expected: str  # the expectation's outcome: pass / refused / not-applicable
+    reason: str = ""
+    seconds: float = 0.0
+    evidence: list[str] = field(default_factory=list)  # dmesg and kallsyms lines proving it
+    converted: list[str] = field(default_factory=list)
+    toolchain: str = ""
+    build_log: str = ""
+
+
+@dataclass
+class KernelResult:
+    spec: str
+    name: str = ""
+    release: str = ""
+    package_version: str = ""
+    packages: list[str] = field(default_factory=list)
+    config: dict[str, str] = field(default_factory=dict)
+    accel: str = ""
+    boot_seconds: float = 0.0
+    console_log: str = ""
+    error: str = ""  # why the kernel's run ended early (fetch, boot, guest death)
+    modules: list[ModuleResult] = field(default_factory=list)
+
+
+@dataclass
+class RunResults:
+    path: Path
+    kernels: list[KernelResult] = field(default_factory=list)
+    started: str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "harness_version": __version__,
+            "started": self.started,
+            "host": {"machine": platform.machine(), "python": platform.python_version()},
+            "kernels": [asdict(k) for k in self.kernels],
+        }
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self.to_json(), indent=2) + "\n")
+
+    @property
+    def ok(self) -> bool:
+        return all(
+            not k.error and all(m.outcome in GOOD for m in k.modules) for k in self.kernels
+        )
+
+
+def format_table(results: RunResults) -> str:
+    """Kernel x module, each cell an outcome; failures followed by their reasons."""
+    samples: list[str] = []
+    for kernel in results.kernels:
+        samples += [m.sample for m in kernel.modules if m.sample not in samples]
+    header = ["kernel", *samples]
+    rows = []
+    notes = []
+    for kernel in results.kernels:
+        cells = {m.sample: m for m in kernel.modules}
+        label = kernel.name or kernel.spec
+        row = [label]
+        for sample in samples:
+            result = cells.get(sample)
+            row.append(result.outcome if result else NOT_RUN)
+            if result and result.outcome not in (PASS, NA):
+                notes.append(f"{label} / {sample}: {result.outcome}: {result.reason}")
+        if kernel.error:
+            notes.append(f"{label}: {kernel.error}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + ([""] + notes if notes else []))
