@@ -1,0 +1,77 @@
+"""A kernel's symbol table recovered from its vmlinuz (Debian ships no real System.map)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.cache import atomic_write_text
+from harness.errors import KernelError
+
+TOOL = "kallsyms-finder"
+# kallsyms-finder prints the table on stdout already as /proc/kallsyms does; logs go to stderr.
+_LINE = re.compile(r"^([0-9a-fA-F]{8,16}) ([A-Za-z]) (\S+)$")
+_PLACEHOLDER = "The real System.map is in"
+
+
+@dataclass(frozen=True)
+class Recovered:
+    path: Path
+    count: int
+    seconds: float
+
+
+def is_placeholder_system_map(path: Path) -> bool:
+    """Debian's one-line System.map that points at the -dbg package."""
+    try:
+        with open(path, errors="replace") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return _PLACEHOLDER in head or len(head.splitlines()) < 2
+
+
+def recover(vmlinuz: Path, out: Path, timeout: float = 600) -> Recovered:
+    """Run kallsyms-finder on `vmlinuz`, write `out` as `<16-hex> <type> <name>` lines in
+    the kernel's kallsyms order. Raises KernelError on any failure."""
+    if shutil.which(TOOL) is None:
+        raise KernelError(f"{TOOL} not found on PATH (install the vmlinux-to-elf package)")
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [TOOL, str(vmlinuz)], stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, errors="replace", timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise KernelError(f"{TOOL} {vmlinuz}: no answer in {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise KernelError(f"{TOOL} failed on {vmlinuz}: {last}")
+    lines = []
+    for line in proc.stdout.splitlines():
+        if m := _LINE.match(line.strip()):
+            lines.append(f"{int(m.group(1), 16):016x} {m.group(2)} {m.group(3)}\n")
+    if len(lines) < 1000:
+        raise KernelError(f"{TOOL} found only {len(lines)} symbols in {vmlinuz}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "".join(lines))
+    return Recovered(out, len(lines), time.monotonic() - start)
+
+
+def count(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def read(path: Path) -> list[tuple[int, str, str]]:
+    """(address, type, name) in file order."""
+    out = []
+    with open(path, errors="replace") as handle:
+        for line in handle:
+            addr, kind, name = line.split(maxsplit=2)
+            out.append((int(addr, 16), kind, name.strip()))
+    return out
