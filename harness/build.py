@@ -23,8 +23,6 @@ from harness.expect import Sample
 from harness.kernel import Kernel
 
 INCLUDE_DIR = Path(__file__).resolve().parent / "include"
-# The converter's own sources: a change to them must rebuild cached conversions.
-_CONVERTER_SOURCES = ("convert.py", "symbols.py", "elfio.py", "elfread.py", "elfwrite.py")
 _UNDEFINED = re.compile(r'(?:WARNING|ERROR): modpost: "([^"]+)" \[[^\]]+\] undefined!')
 STAMP = "klp-harness.stamp"
 
@@ -56,10 +54,10 @@ def _fingerprint(kernel: Kernel, sample: Sample, toolchain: str) -> str:
     digest = hashlib.sha256()
     for part in (__version__, kernel.name, kernel.package_version, toolchain, repr(sample.convert)):
         digest.update(part.encode() + b"\0")
-    here = Path(__file__).resolve().parent
     files = sorted(p for p in sample.path.rglob("*") if p.is_file())
     files += sorted(INCLUDE_DIR.glob("*.h"))
-    files += [here / n for n in _CONVERTER_SOURCES if (here / n).is_file()]
+    # The harness's own sources (the converter among them): a change must redo conversions.
+    files += sorted(Path(__file__).resolve().parent.glob("*.py"))
     for path in files:
         digest.update(str(path.name).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

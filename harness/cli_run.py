@@ -1,0 +1,58 @@
+"""`klp-harness run`: kernels x modules, a table on stdout, results as JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+from harness.expect import all_samples, find_sample
+from harness.results import format_table
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="build, convert and load sample modules on real kernels",
+        description="Fetch each kernel, build and convert each module against it, boot the "
+        "kernel once under QEMU (virtme-ng) and load every module, checking dmesg and "
+        "/proc/kallsyms. Exit 0 only when every outcome is as expected.",
+    )
+    parser.add_argument(
+        "--kernel",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="kernel spec, repeatable (default: the default kernel in kernels/)",
+    )
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="NAME|PATH",
+        help="a sample in modules/ or your module directory (Kbuild + expect.toml); "
+        "repeatable (default: every sample)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results"),
+        metavar="DIR",
+        help="where results JSON and console logs go (default: ./results)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.kernels import default_spec
+    from harness.runner import run as run_all
+
+    samples = [find_sample(m) for m in args.module] if args.module else all_samples()
+    if not samples:
+        raise UsageError("no modules to run: modules/ is empty and no --module was given")
+    specs = args.kernel or [default_spec()]
+    results = run_all(specs, samples, args.results)
+    print(format_table(results))
+    print(f"\nresults: {results.path}")
+    return 0 if results.ok else 1

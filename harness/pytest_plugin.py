@@ -1,0 +1,123 @@
+"""pytest plugin: `--kernel SPEC` (repeatable) and fixtures over the same library as the CLI.
+
+- `klp_kernel`: a fetched kernel, one per `--kernel` (default: the default kernel);
+- `klp_guest`: that kernel booted once, shared by every test that uses it;
+- `klp_module`: a factory building and converting a sample (name or path) for `klp_kernel`;
+- `klp_step`: a factory running a sample's whole step (insmod, checks, rmmod) in `klp_guest`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.build import BuiltModule, build_module
+from harness.errors import HarnessError
+from harness.expect import find_sample
+from harness.kernel import Kernel
+from harness.results import ModuleResult
+
+VM_TOOLS = {
+    "vng": "pip install virtme-ng (ci/setup.sh does it)",
+    "qemu-system-x86_64": "apt-get install qemu-system-x86",
+    "busybox": "apt-get install busybox-static",
+    "cpio": "apt-get install cpio",
+    "depmod": "apt-get install kmod",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("klp-harness")
+    group.addoption(
+        "--kernel",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="kernel to run the klp tests on (repeatable; default: the default kernel)",
+    )
+    group.addoption(
+        "--klp-results",
+        default=None,
+        metavar="DIR",
+        help="where console logs of test boots go (default: results/pytest under the rootdir)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "vm: boots a real kernel under QEMU through virtme-ng")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "klp_kernel_spec" in metafunc.fixturenames:
+        from harness.kernels import default_spec
+
+        specs = metafunc.config.getoption("kernel") or [default_spec()]
+        metafunc.parametrize("klp_kernel_spec", specs, scope="session")
+
+
+def missing_vm_tools() -> list[str]:
+    """Install hints for every tool a boot needs that this machine lacks."""
+    return [f"{tool}: {hint}" for tool, hint in VM_TOOLS.items() if shutil.which(tool) is None]
+
+
+def _results_dir(config: pytest.Config) -> Path:
+    chosen = config.getoption("klp_results")
+    base = Path(chosen) if chosen else config.rootpath / "results" / "pytest"
+    return base / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+@pytest.fixture(scope="session")
+def klp_results_dir(request: pytest.FixtureRequest) -> Path:
+    return _results_dir(request.config)
+
+
+@pytest.fixture(scope="session")
+def klp_kernel(klp_kernel_spec: str) -> Kernel:
+    from harness.acquire import acquire
+
+    try:
+        return acquire(klp_kernel_spec)
+    except HarnessError as err:
+        pytest.fail(f"cannot get kernel {klp_kernel_spec}: {err}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def klp_guest(klp_kernel: Kernel, klp_results_dir: Path) -> Iterator[object]:
+    from harness.boot import boot
+
+    missing = missing_vm_tools()
+    if missing:
+        # Never a silent skip: deselect with -m "not vm" instead.
+        pytest.fail("VM tests need: " + "; ".join(missing), pytrace=False)
+    log = klp_results_dir / f"console-{klp_kernel.name}.log"
+    try:
+        with boot(klp_kernel, log) as guest:
+            yield guest
+    except HarnessError as err:
+        pytest.fail(f"guest for {klp_kernel.name}: {err} (console log: {log})", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def klp_module(klp_kernel: Kernel) -> Callable[[str], BuiltModule]:
+    def build(name_or_path: str) -> BuiltModule:
+        return build_module(klp_kernel, find_sample(name_or_path))
+
+    return build
+
+
+@pytest.fixture
+def klp_step(
+    klp_guest: object, klp_kernel: Kernel, klp_module: Callable[[str], BuiltModule]
+) -> Callable[[str], ModuleResult]:
+    from harness.steps import run_step
+
+    def step(name_or_path: str) -> ModuleResult:
+        sample = find_sample(name_or_path)
+        expectation = sample.expectation(klp_kernel)
+        return run_step(klp_guest, klp_kernel, sample, expectation, klp_module(name_or_path))
+
+    return step

@@ -1,0 +1,123 @@
+"""A run: for each kernel, fetch it, build and convert every module, boot once, run every step.
+
+Each kernel's result is saved as soon as it is known; a kernel that cannot be fetched,
+built for or booted ends with its reason, and the other kernels still run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.build import BuiltModule, build_module
+from harness.errors import BootError, HarnessError
+from harness.expect import Expectation, Sample
+from harness.kernel import Kernel
+from harness.results import FAIL, NA, NOT_RUN, KernelResult, ModuleResult, RunResults
+
+Printer = Callable[[str], None]
+REPORTED_OPTIONS = ("LIVEPATCH", "KALLSYMS_ALL", "MODULE_SIG_FORCE", "MODULE_SIG", "CC_VERSION_TEXT")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A sample ready for the guest (or already decided without it)."""
+
+    sample: Sample
+    expectation: Expectation
+    built: BuiltModule | None
+    result: ModuleResult | None  # set when no guest step is needed (n/a, build failure)
+
+
+def describe_kernel(kernel: Kernel, result: KernelResult) -> None:
+    result.name = kernel.name
+    result.release = kernel.release
+    result.package_version = kernel.package_version
+    result.packages = list(kernel.packages)
+    result.config = {o: kernel.config_value(o) for o in REPORTED_OPTIONS}
+
+
+def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
+    """Decide applicability, then build and convert; a build failure is that module's failure."""
+    expectation = sample.expectation(kernel)
+    if expectation.outcome == "not-applicable":
+        result = ModuleResult(sample.name, sample.module, NA, expectation.outcome, expectation.reason)
+        return Prepared(sample, expectation, None, result)
+    try:
+        built = build_module(kernel, sample)
+    except HarnessError as err:
+        result = ModuleResult(sample.name, sample.module, FAIL, expectation.outcome, f"build: {err}")
+        out(f"  {sample.name}: build failed: {str(err).splitlines()[0]}")
+        return Prepared(sample, expectation, None, result)
+    state = "cached" if built.cached else f"built in {built.seconds:.1f} s"
+    out(f"  {sample.name}: {state} with {built.toolchain}; converted {' '.join(built.converted)}")
+    return Prepared(sample, expectation, built, None)
+
+
+def run_kernel(spec: str, samples: Sequence[Sample], results_dir: Path, out: Printer) -> KernelResult:
+    from harness.acquire import acquire
+    from harness.boot import boot
+    from harness.steps import run_step
+
+    result = KernelResult(spec=spec)
+    out(f"{spec}: fetching")
+    try:
+        kernel = acquire(spec)
+    except HarnessError as err:
+        result.error = f"kernel: {err}"
+        return result
+    describe_kernel(kernel, result)
+    out(f"{spec}: {kernel.name} ({kernel.package_version}); building {len(samples)} module(s)")
+    prepared = [prepare(kernel, s, out) for s in samples]
+    pending = [p for p in prepared if p.result is None]
+    results = {p.sample.name: p.result for p in prepared if p.result is not None}
+    if pending:
+        log = results_dir / f"console-{kernel.name}.log"
+        result.console_log = str(log)
+        try:
+            with boot(kernel, log) as guest:
+                result.accel, result.boot_seconds = guest.accel, round(guest.boot_seconds, 1)
+                out(f"{spec}: booted under {guest.accel} in {guest.boot_seconds:.1f} s")
+                for item in pending:
+                    assert item.built is not None
+                    step = run_step(guest, kernel, item.sample, item.expectation, item.built)
+                    results[item.sample.name] = step
+                    out(f"  {item.sample.name}: {step.outcome} {step.reason}".rstrip())
+        except BootError as err:
+            result.error = f"guest: {err}"
+            for item in pending:
+                results.setdefault(
+                    item.sample.name,
+                    ModuleResult(
+                        item.sample.name, item.sample.module, NOT_RUN,
+                        item.expectation.outcome, "the guest died before this step",
+                    ),
+                )
+    result.modules = [results[s.name] for s in samples if s.name in results]
+    return result
+
+
+def run(
+    specs: Sequence[str],
+    samples: Sequence[Sample],
+    results_dir: Path,
+    out: Printer = _stderr,
+) -> RunResults:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = results_dir / f"run-{stamp}"
+    results = RunResults(path=run_dir / "results.json")
+    for spec in specs:
+        start = time.monotonic()
+        kernel_result = run_kernel(spec, samples, run_dir, out)
+        results.kernels.append(kernel_result)
+        results.save()
+        out(f"{spec}: done in {time.monotonic() - start:.1f} s")
+    return results

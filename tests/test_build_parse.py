@@ -1,0 +1,22 @@
+"""modpost output parsing, on lines captured from a real kbuild run against Debian 6.1 headers."""
+
+from harness.build import modpost_undefined
+
+REAL_LOG = """\
+  CC [M]  /tmp/b1/klp_kernel_clone.o
+  MODPOST /tmp/b1/Module.symvers
+WARNING: modpost: "do_exit" [/tmp/b1/klp_kernel_clone.ko] undefined!
+WARNING: modpost: "kernel_clone" [/tmp/b1/klp_kernel_clone.ko] undefined!
+  CC [M]  /tmp/b1/klp_kernel_clone.mod.o
+  LD [M]  /tmp/b1/klp_kernel_clone.ko
+"""
+
+
+def test_modpost_undefined_from_real_log() -> None:
+    assert modpost_undefined(REAL_LOG) == ["do_exit", "kernel_clone"]
+
+
+def test_modpost_error_form_counts_too() -> None:
+    line = 'ERROR: modpost: "foo" [/x/m.ko] undefined!\n'
+    assert modpost_undefined(line) == ["foo"]
+    assert modpost_undefined("nothing here\n") == []
