@@ -1,0 +1,277 @@
+"""Reading x86-64 relocatable ELF files (a linked `<mod>.o` or a `.ko`).
+
+pyelftools checks the ELF header; section headers, symbols and relocations are
+decoded in bulk as numpy structured arrays over the raw bytes (no per-entry
+Python objects), after checking every offset the rest of the code relies on.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import FileReadError, NoSymtabError, NotElfError, UnsupportedElfError
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+SHN_UNDEF = 0
+SHN_LORESERVE = 0xFF00
+SHN_ABS = 0xFFF1
+SHN_COMMON = 0xFFF2
+SHN_XINDEX = 0xFFFF
+SHN_LIVEPATCH = 0xFF20
+
+SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA = 0, 1, 2, 3, 4
+SHT_NOBITS, SHT_REL, SHT_GROUP, SHT_SYMTAB_SHNDX = 8, 9, 17, 18
+
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_INFO_LINK = 0x1, 0x2, 0x4, 0x40
+SHF_RELA_LIVEPATCH = 0x00100000
+
+STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
+STT_SECTION = 3
+
+EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 64, 24, 24
+MAX_ALIGN = 1 << 20  # larger alignments only appear in corrupted files
+
+# Relocation types x86-64's apply_relocate_add() accepts (besides R_X86_64_NONE).
+R_X86_64_NONE = 0
+RELOC_WIDTH = {1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}  # 64, PC32, PLT32, 32, 32S, PC64
+RELOC_NAMES = {
+    0: "R_X86_64_NONE", 1: "R_X86_64_64", 2: "R_X86_64_PC32", 3: "R_X86_64_GOT32",
+    4: "R_X86_64_PLT32", 5: "R_X86_64_COPY", 9: "R_X86_64_GOTPCREL", 10: "R_X86_64_32",
+    11: "R_X86_64_32S", 12: "R_X86_64_16", 13: "R_X86_64_PC16", 14: "R_X86_64_8",
+    15: "R_X86_64_PC8", 24: "R_X86_64_PC64", 41: "R_X86_64_GOTPCRELX",
+    42: "R_X86_64_REX_GOTPCRELX",
+}
+
+
+def reloc_name(rtype: int) -> str:
+    return RELOC_NAMES.get(rtype, f"type {rtype}")
+
+
+def _dtypes() -> tuple[Any, Any, Any]:
+    import numpy as np  # lazily: the CLI starts faster for other sub-commands
+
+    shdr = np.dtype([("name", "<u4"), ("type", "<u4"), ("flags", "<u8"), ("addr", "<u8"),
+                     ("offset", "<u8"), ("size", "<u8"), ("link", "<u4"), ("info", "<u4"),
+                     ("addralign", "<u8"), ("entsize", "<u8")])
+    sym = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
+                    ("value", "<u8"), ("size", "<u8")])
+    rela = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
+    return shdr, sym, rela
+
+
+_COMPRESSED = {b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip"}
+
+
+@dataclass(frozen=True)
+class Section:
+    index: int
+    name: str
+    type: int
+    flags: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+    name_offset: int
+
+
+def cstring(table: bytes, offset: int) -> str:
+    """The NUL-terminated string at `offset`; latin-1 keeps every byte round-trippable."""
+    end = table.find(b"\0", offset)
+    if end < 0:
+        end = len(table)
+    return table[offset:end].decode("latin-1")
+
+
+class ElfImage:
+    """One validated ELF64 little-endian x86-64 ET_REL file held in memory."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path = path
+        self.data = data
+        self.view = memoryview(data)
+        shdr_t, self.sym_t, self.rela_t = _dtypes()
+        self._check_ident()
+        self._check_header()
+        self.shdrs: npt.NDArray[Any] = self._read_shdrs(shdr_t)
+        self.sections: list[Section] = self._make_sections()
+        self.symtab_index = self._find_symtab()
+        self.strtab_index = int(self.shdrs[self.symtab_index]["link"])
+        self._check_strtab(self.strtab_index, "symbol string table")
+
+    @classmethod
+    def load(cls, path: Path) -> ElfImage:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise FileReadError(f"{path}: cannot read: {err.strerror or err}") from None
+        return cls(Path(path), data)
+
+    # --- validation -------------------------------------------------------------------------
+
+    def _fail(self, what: str) -> NotElfError:
+        return NotElfError(f"{self.path}: malformed or truncated ELF: {what}")
+
+    def _check_ident(self) -> None:
+        head = self.data[:6]
+        for magic, kind in _COMPRESSED.items():
+            if head.startswith(magic):
+                raise NotElfError(f"{self.path}: {kind}-compressed, not ELF; decompress it first")
+        if not self.data.startswith(b"\x7fELF"):
+            raise NotElfError(f"{self.path}: not an ELF file")
+        if len(self.data) < 16:
+            raise self._fail("truncated ELF identification")
+        only = "only x86-64 (ELF64 little-endian) is supported"
+        eclass, edata = self.data[4], self.data[5]
+        if eclass == 1:
+            raise UnsupportedElfError(f"{self.path}: 32-bit ELF; {only}")
+        if edata == 2:
+            raise UnsupportedElfError(f"{self.path}: big-endian ELF; {only}")
+        if eclass != 2 or edata != 1:
+            raise self._fail(f"invalid ELF class/data bytes {eclass}/{edata}")
+        if len(self.data) < EHDR_SIZE:
+            raise self._fail("truncated ELF header")
+
+    def _check_header(self) -> None:
+        from elftools.elf.elffile import ELFFile
+
+        try:
+            header = ELFFile(io.BytesIO(self.data[:EHDR_SIZE])).header
+            machine, etype = header["e_machine"], header["e_type"]
+            self.shoff, self.shnum = int(header["e_shoff"]), int(header["e_shnum"])
+            self.shentsize, self.shstrndx = int(header["e_shentsize"]), int(header["e_shstrndx"])
+        except Exception as err:  # pyelftools raises many kinds on corrupt headers
+            raise self._fail(f"bad ELF header ({err})") from None
+        if machine != "EM_X86_64":
+            raise UnsupportedElfError(
+                f"{self.path}: machine {machine}; only x86-64 (ELF64 little-endian) is supported")
+        if etype != "ET_REL":
+            raise UnsupportedElfError(
+                f"{self.path}: ELF type {etype}, expected a relocatable object (.o or .ko)")
+        if self.shnum == 0 or self.shoff == 0:
+            raise self._fail("no section header table (or extended section numbering)")
+        if self.shentsize != SHDR_SIZE:
+            raise self._fail(f"section header size {self.shentsize}, expected {SHDR_SIZE}")
+        if self.shoff + self.shnum * SHDR_SIZE > len(self.data):
+            raise self._fail("section header table runs past the end of the file")
+        if self.shstrndx >= self.shnum or self.shstrndx == 0:
+            raise self._fail(f"section name table index {self.shstrndx} out of range")
+
+    def _read_shdrs(self, shdr_t: Any) -> npt.NDArray[Any]:
+        import numpy as np
+
+        shdrs = np.frombuffer(self.data, dtype=shdr_t, count=self.shnum, offset=self.shoff).copy()
+        size = len(self.data)
+        for i in range(1, self.shnum):
+            h = shdrs[i]
+            if int(h["type"]) != SHT_NOBITS and int(h["offset"]) + int(h["size"]) > size:
+                raise self._fail(f"section {i} runs past the end of the file")
+            if int(h["addralign"]) > MAX_ALIGN:
+                raise self._fail(f"section {i} alignment {int(h['addralign'])}")
+            if int(h["link"]) >= self.shnum:
+                raise self._fail(f"section {i} sh_link {int(h['link'])} out of range")
+        return shdrs
+
+    def _check_strtab(self, index: int, what: str) -> None:
+        if not 0 < index < self.shnum or int(self.shdrs[index]["type"]) != SHT_STRTAB:
+            raise self._fail(f"{what} (section {index}) is not a string table")
+
+    def _make_sections(self) -> list[Section]:
+        self._check_strtab(self.shstrndx, "section name table")
+        names = self.section_bytes(self.shstrndx)
+        out = []
+        for i, h in enumerate(self.shdrs.tolist()):
+            name_off = h[0]
+            if i and name_off >= len(names):
+                raise self._fail(f"section {i} name offset out of range")
+            name = cstring(names, name_off) if i else ""
+            out.append(Section(i, name, h[1], h[2], h[4], h[5], h[6], h[7], h[8], h[9], name_off))
+        return out
+
+    def _find_symtab(self) -> int:
+        found = [s.index for s in self.sections if s.type == SHT_SYMTAB]
+        if not found:
+            raise NoSymtabError(f"{self.path}: no symbol table (.symtab); was it stripped?")
+        if len(found) > 1:
+            raise self._fail("more than one symbol table")
+        sec = self.sections[found[0]]
+        if sec.entsize != SYM_SIZE or sec.size % SYM_SIZE or sec.size == 0:
+            raise self._fail(f"symbol table entry size {sec.entsize} / size {sec.size}")
+        if not sec.info <= sec.size // SYM_SIZE:
+            raise self._fail("symbol table sh_info past its end")
+        if any(s.type == SHT_SYMTAB_SHNDX for s in self.sections):
+            raise UnsupportedElfError(f"{self.path}: extended section indexes are not supported")
+        return found[0]
+
+    # --- access ---------------------------------------------------------------------------
+
+    def section_bytes(self, index: int) -> bytes:
+        sec = self.shdrs[index]
+        if int(sec["type"]) == SHT_NOBITS:
+            return b""
+        start = int(sec["offset"])
+        return self.data[start:start + int(sec["size"])]
+
+    def symbols(self) -> npt.NDArray[Any]:
+        """A writable copy of the symbol table, with every st_name and st_shndx checked."""
+        import numpy as np
+
+        sec = self.sections[self.symtab_index]
+        syms = np.frombuffer(self.data, dtype=self.sym_t, count=sec.size // SYM_SIZE,
+                             offset=sec.offset).copy()
+        strsize = self.sections[self.strtab_index].size
+        if syms.size and int(syms["name"].max()) >= max(strsize, 1):
+            raise self._fail("a symbol name offset is past the string table")
+        shndx = syms["shndx"]
+        bad = (shndx >= self.shnum) & (shndx < SHN_LORESERVE)
+        if bad.any():
+            raise self._fail(f"symbol {int(np.flatnonzero(bad)[0])} has section index out of range")
+        return syms
+
+    def section_view(self, index: int) -> memoryview:
+        """The section's bytes without a copy (for the writer)."""
+        sec = self.sections[index]
+        if sec.type == SHT_NOBITS:
+            return memoryview(b"")
+        return self.view[sec.offset:sec.offset + sec.size]
+
+    def strtab(self) -> bytes:
+        return self.section_bytes(self.strtab_index)
+
+    def relas(self, index: int) -> npt.NDArray[Any]:
+        """A writable copy of one SHT_RELA section, symbol indexes checked against the symtab."""
+        import numpy as np
+
+        sec = self.sections[index]
+        if sec.entsize != RELA_SIZE or sec.size % RELA_SIZE:
+            raise self._fail(f"relocation section {sec.name} entry size {sec.entsize}")
+        if sec.link != self.symtab_index:
+            raise self._fail(f"relocation section {sec.name} does not use the symbol table")
+        if not 0 < sec.info < self.shnum:
+            raise self._fail(f"relocation section {sec.name} sh_info {sec.info} out of range")
+        arr = np.frombuffer(self.data, dtype=self.rela_t, count=sec.size // RELA_SIZE,
+                            offset=sec.offset).copy()
+        nsyms = self.sections[self.symtab_index].size // SYM_SIZE
+        if arr.size and int((arr["info"] >> np.uint64(32)).max()) >= nsyms:
+            raise self._fail(f"relocation section {sec.name} refers to a symbol past the table")
+        return arr
+
+    def rela_sections(self) -> list[Section]:
+        return [s for s in self.sections if s.type == SHT_RELA]
+
+    def modinfo(self) -> list[str]:
+        for sec in self.sections:
+            if sec.name == ".modinfo" and sec.type != SHT_NOBITS:
+                raw = self.section_bytes(sec.index)
+                return [s.decode("latin-1") for s in raw.split(b"\0") if s]
+        return []
+
+    def is_livepatch(self) -> bool:
+        return "livepatch=Y" in self.modinfo()
