@@ -211,7 +211,8 @@ def convert_module(src: Path, dst: Path, *, symtab: SymbolTable, exports: set[st
                 for n in sorted(set(sympos) - set(todo))]
     if not todo and not dropped:
         already = bool(existing)
-        warnings.append("already converted: nothing to do" if already else "nothing to convert")
+        if not already:
+            warnings.append("nothing to convert")
         if src.resolve() != dst.resolve():
             _copy(src, dst)
         return ConvertReport(src, dst, (), tuple(left_alone), already, tuple(warnings),
