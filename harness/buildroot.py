@@ -169,10 +169,10 @@ def ensure_buildroot(suite: str) -> Path:
     with locked(final):
         if _marker_ok(final, packages):  # another run made it while we waited
             return final
+        _remove_stale(final)
         mirror = debian_mirror()
         print(
-            f"klp-harness: creating the {suite} build root with mmdebstrap "
-            f"(about 40 s) in {final}",
+            f"klp-harness: creating the {suite} build root with mmdebstrap (about 40 s) in {final}",
             file=sys.stderr,
             flush=True,
         )
@@ -192,11 +192,20 @@ def ensure_buildroot(suite: str) -> Path:
     return final
 
 
+def _remove_stale(final: Path) -> None:
+    # Temp roots of a killed run (staged_dir names them `.<suite>.*`); we hold the lock.
+    for stale in final.parent.glob(f".{final.name}.*"):
+        if stale.is_dir() and not os.path.ismount(stale / "proc"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _mmdebstrap(suite: str, target: Path, mirror: str, packages: Sequence[str], log: Path) -> None:
-    # Run under its own mount namespace: if it is killed mid-way, no /proc or /dev
-    # mount of the half-made root survives for the cleanup to walk into.
+    # Its own mount namespace: no /proc or /dev mount of a half-made root outlives it for
+    # the cleanup to walk into. pdeathsig + kill-child + own pid namespace: it and all its
+    # children die with us, even on SIGKILL.
     argv = [
-        "unshare", "--mount", "--fork",
+        "setpriv", "--pdeathsig", "KILL",
+        "unshare", "--mount", "--pid", "--fork", "--kill-child",
         "mmdebstrap", "--mode=root", "--variant=apt",
         f"--include={','.join(packages)}",
         "--aptopt=Acquire::Retries \"3\"",

@@ -17,6 +17,7 @@ from typing import Literal
 
 from harness import buildroot
 from harness.buildroot import GCC_SUITES, ensure_buildroot
+from harness.cache import cache_root
 from harness.errors import ToolchainError
 from harness.kernel import Kernel
 
@@ -158,10 +159,24 @@ def _root_toolchain(suite: str, kernel_cc: CompilerVersion) -> Toolchain:
     raise ToolchainError(f"{root}: no gcc-{kernel_cc.major} in the {suite} build root")
 
 
+# Per compiler text, so repeated calls (every build step asks) spawn no compiler again.
+_SELECTED: dict[tuple[str, Path], Toolchain] = {}
+
+
 def select(kernel: Kernel) -> Toolchain:
     """The toolchain that builds modules for `kernel`: host gcc of the same major, else
     a cached Debian build root whose suite ships that gcc (created on first use)."""
     kernel_cc = kernel_compiler(kernel)
+    key = (kernel_cc.text, cache_root())  # the root's place follows the cache dir
+    known = _SELECTED.get(key)
+    if known is not None and (known.root is None or (known.root / buildroot.MARKER).exists()):
+        return known
+    chosen = _select(kernel_cc)
+    _SELECTED[key] = chosen
+    return chosen
+
+
+def _select(kernel_cc: CompilerVersion) -> Toolchain:
     host = host_compiler(kernel_cc)
     suite = suite_for(kernel_cc, host[1] if host else None)
     if suite is None and host is not None:
