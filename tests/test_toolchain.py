@@ -308,12 +308,11 @@ def test_build_hello_module_in_trixie_root_against_7x(tmp_path: Path) -> None:
     assert info.stdout.startswith(f"{release} ")
 
 
-def test_wrapper_runs_inside_cached_trixie_root(tmp_path: Path) -> None:
+@pytest.mark.slow_build
+def test_wrapper_runs_inside_trixie_root(tmp_path: Path) -> None:
     if reason := _root_runnable():
         pytest.skip(reason)
-    root = buildroot.buildroot_path("trixie")
-    if not (root / buildroot.MARKER).exists():
-        pytest.skip(f"no trixie build root in {root.parent}; `pytest -m slow_build` creates it")
+    root = buildroot.ensure_buildroot("trixie")
     shared = tmp_path / "shared"
     shared.mkdir()
     chosen = toolchain.Toolchain("buildroot", "test", "gcc-14", root, 14)
