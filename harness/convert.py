@@ -184,6 +184,7 @@ def convert_module(src: Path, dst: Path, *, symtab: SymbolTable, exports: set[st
     src, dst = Path(src), Path(dst)
     sympos = dict(sympos or {})
     img = ElfImage.load(src)
+    img.validate_relocations()
     # the caller's table stays as it was: module objects are added to a copy
     symtab = SymbolTable(symtab.source, dict(symtab.objects), set(symtab.relative))
     for obj, path in (object_symbols or {}).items():

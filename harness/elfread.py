@@ -245,8 +245,15 @@ class ElfImage:
     def strtab(self) -> bytes:
         return self.section_bytes(self.strtab_index)
 
-    def relas(self, index: int) -> npt.NDArray[Any]:
-        """A writable copy of one SHT_RELA section, symbol indexes checked against the symtab."""
+    def validate_relocations(self) -> None:
+        """Check every SHT_RELA section (entry size, link, target, symbol indexes)."""
+        for sec in self.sections:
+            if sec.type == SHT_RELA:
+                self.relas(sec.index, copy=False)
+
+    def relas(self, index: int, copy: bool = True) -> npt.NDArray[Any]:
+        """One SHT_RELA section (a writable copy unless `copy=False`), symbol indexes checked
+        against the symtab."""
         import numpy as np
 
         sec = self.sections[index]
@@ -257,7 +264,9 @@ class ElfImage:
         if not 0 < sec.info < self.shnum:
             raise self._fail(f"relocation section {sec.name} sh_info {sec.info} out of range")
         arr = np.frombuffer(self.data, dtype=self.rela_t, count=sec.size // RELA_SIZE,
-                            offset=sec.offset).copy()
+                            offset=sec.offset)
+        if copy:
+            arr = arr.copy()
         nsyms = self.sections[self.symtab_index].size // SYM_SIZE
         if arr.size and int((arr["info"] >> np.uint64(32)).max()) >= nsyms:
             raise self._fail(f"relocation section {sec.name} refers to a symbol past the table")
