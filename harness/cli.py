@@ -13,11 +13,13 @@ from harness.cache import set_cache_root
 from harness.errors import HarnessError
 
 # Each module has `register(subparsers)`; its parsers set `func=run(args) -> int`.
-COMMAND_MODULES = (
-    "harness.cli_convert",
-    "harness.cli_kernels",
-    "harness.cli_run",
-)
+# Keyed by command so that a run imports only the module of its own command.
+COMMANDS = {
+    "convert": "harness.cli_convert",
+    "inspect": "harness.cli_convert",
+    "kernels": "harness.cli_kernels",
+    "run": "harness.cli_run",
+}
 
 INTERNAL_ERROR = 70
 
@@ -28,8 +30,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="klp-harness", description=__doc__)
+def _modules_for(argv: list[str]) -> list[str]:
+    """Only the chosen command's module when the command is plain to see; else all (help)."""
+    for arg in argv:
+        if arg in COMMANDS:
+            return [COMMANDS[arg]]
+        if not arg.startswith("-") or arg == "--cache-dir":
+            break
+    return list(dict.fromkeys(COMMANDS.values()))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="klp-harness",
+        description="Turn references to unexported kernel symbols into klp relocations, "
+        "and prove on real kernels that they resolve.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--cache-dir",
@@ -38,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $KLP_HARNESS_CACHE, else $XDG_CACHE_HOME/klp-harness)",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    for name in _modules_for(sys.argv[1:] if argv is None else argv):
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.cache_dir is not None:
         set_cache_root(args.cache_dir)
