@@ -1,0 +1,283 @@
+"""A booted guest's console session: commands, their output and exit status, kernel-log helpers.
+
+The console only carries short control lines and end markers; every command's output goes
+to a file in a directory shared read-write with the host (virtme-ng `--rwdir`), so kernel
+messages interleaving on the console can never corrupt it, and big outputs (kallsyms) cost
+a 9p write instead of a slow serial transfer under TCG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, NoReturn
+
+import pexpect
+
+from harness import dmesg
+from harness.errors import BootError
+
+TAIL_LINES = 40
+
+
+class GuestDied(BootError):
+    """The guest ended by itself: a panic (`panic=-1`, `-no-reboot`), a triple fault, qemu died."""
+
+
+class GuestTimeout(BootError):
+    """The guest did not answer in time (hang, or boot too slow); it has been stopped."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    output: str  # stdout and stderr, interleaved as written
+    status: int  # the shell's $? (128+N when killed by signal N)
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+def console_tail(path: Path, lines: int = TAIL_LINES) -> str:
+    """The last `lines` non-empty lines of a console log, escapes and \\r removed."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            raw = handle.read()
+    except OSError:
+        return "(no console log)"
+    text = dmesg.clean_console(raw.decode(errors="replace"))
+    kept = [line.rstrip() for line in text.split("\n") if line.strip()]
+    return "\n".join(kept[-lines:]) or "(console log is empty)"
+
+
+class Guest:
+    """One running guest. Use as a context manager; `close()` powers it off."""
+
+    def __init__(
+        self,
+        child: pexpect.spawn,
+        *,
+        kernel_name: str,
+        accel: str,
+        accel_reason: str,
+        timeout_scale: float,
+        console_log: Path,
+        log_handle: IO[bytes],
+        share_dir: Path,
+        command_line: list[str],
+    ) -> None:
+        self._child = child
+        self.kernel_name = kernel_name
+        self.accel = accel
+        self.accel_reason = accel_reason
+        self.timeout_scale = timeout_scale
+        self.console_log = console_log
+        self._log = log_handle
+        self.share_dir = share_dir
+        self.command_line = command_line
+        self.boot_seconds = 0.0
+        self._token = "KLPH" + secrets.token_hex(6)
+        self._seq = 0
+        self._dead = False
+        self._closed = False
+        self._kallsyms: str | None = None
+        self._started = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead and not self._closed and bool(self._child.isalive())
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the shell, then make it quiet and machine-readable. Sets `boot_seconds`."""
+        deadline = self._started + timeout
+        self._expect(r"[#$] ", max(1.0, deadline - time.monotonic()), "boot", "no shell prompt")
+        setup = (
+            f"stty -echo; PS1=''; PS2=''; cd {self.share_dir} && dmesg -n 1; "
+            f"echo 0 > /proc/sys/kernel/kptr_restrict; printf '%s:%s\\n' {self._token} ready"
+        )
+        # The line may reach the shell before it reads its terminal; resend until answered.
+        while True:
+            self._child.sendline(setup)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail_timeout("boot", "the shell did not answer its set-up line")
+            try:
+                self._expect(
+                    rf"{self._token}:ready\r*\n",
+                    min(left, 15.0),
+                    "boot",
+                    "no set-up answer",
+                    retry=True,
+                )
+                break
+            except _Retry:
+                continue
+        self.boot_seconds = time.monotonic() - self._started
+
+    def close(self) -> None:
+        """Save the guest's whole dmesg beside the console log, power off, reap qemu."""
+        if self._closed:
+            return
+        try:
+            if self.alive:
+                with contextlib.suppress(BootError):
+                    self.run("dmesg > dmesg.txt", timeout=20)
+                if self.alive:
+                    self._child.sendline("poweroff -f")
+                    self._child.expect(
+                        [pexpect.EOF, pexpect.TIMEOUT], timeout=30 * self.timeout_scale
+                    )
+        finally:
+            self._closed = True
+            self._child.close(force=True)
+            self._log.close()
+
+    # -- commands --------------------------------------------------------------------------
+
+    def run(self, cmd: str, timeout: float = 60) -> CommandResult:
+        """Run `cmd` with /bin/sh in the guest (cwd: the shared dir, stdin /dev/null).
+
+        `timeout` is in KVM seconds; it is multiplied by `timeout_scale`. A timeout or a dead
+        guest raises GuestTimeout / GuestDied, and the guest is no longer usable.
+        """
+        if not self.alive:
+            raise GuestDied(self._message("command", f"guest is not running for {cmd!r}"))
+        self._seq += 1
+        stem = f"cmd-{self._seq:04d}"
+        (self.share_dir / f"{stem}.sh").write_text(cmd + "\n")
+        line = (
+            f"sh {stem}.sh >{stem}.out 2>&1 </dev/null; "
+            f"printf '%s:%s:%s\\n' {self._token} {self._seq} \"$?\""
+        )
+        self._note(f"[{self._seq}] {cmd}")
+        start = time.monotonic()
+        self._child.sendline(line)
+        match = self._expect(
+            rf"{self._token}:{self._seq}:(\d+)\r*\n",
+            timeout * self.timeout_scale,
+            "command",
+            f"no answer to {cmd!r}",
+        )
+        seconds = time.monotonic() - start
+        status = int(match.group(1))
+        try:
+            output = (self.share_dir / f"{stem}.out").read_bytes().decode(errors="replace")
+        except OSError as err:
+            raise BootError(
+                self._message("command", f"output of {cmd!r} not readable: {err.strerror}")
+            ) from None
+        return CommandResult(cmd, output, status, seconds)
+
+    def checked(self, cmd: str, timeout: float = 60) -> str:
+        """`run` that treats a non-zero status as a broken guest; for the helpers below."""
+        result = self.run(cmd, timeout)
+        if not result.ok:
+            raise BootError(
+                self._message(
+                    "command",
+                    f"{cmd!r} exited {result.status}: {result.output.strip()[-500:]}",
+                )
+            )
+        return result.output
+
+    # -- kernel-side helpers ---------------------------------------------------------------
+
+    def kmsg_canary(self, label: str) -> str:
+        """Write a unique line to /dev/kmsg and return it; `dmesg_since` finds it again."""
+        line = dmesg.canary_line(label, f"{self._token}-{self._seq + 1}")
+        self.checked(f"echo '{line}' > /dev/kmsg")
+        return line
+
+    def dmesg_since(self, canary: str) -> list[str]:
+        """Kernel messages logged after `canary` (timestamps stripped)."""
+        lines = dmesg.lines_since(self.checked("dmesg"), canary)
+        if lines is None:
+            raise BootError(
+                self._message("command", f"canary {canary!r} not in dmesg (ring buffer overrun?)")
+            )
+        return lines
+
+    def kallsyms(self) -> str:
+        """The guest's /proc/kallsyms, fetched once per boot through the shared dir."""
+        if self._kallsyms is None:
+            self.checked("cat /proc/kallsyms > kallsyms.txt", timeout=120)
+            self._kallsyms = (self.share_dir / "kallsyms.txt").read_text(errors="replace")
+        return self._kallsyms
+
+    @property
+    def kallsyms_path(self) -> Path:
+        return self.share_dir / "kallsyms.txt"
+
+    def tainted(self) -> int:
+        try:
+            return dmesg.parse_tainted(self.checked("cat /proc/sys/kernel/tainted"))
+        except ValueError as err:
+            raise BootError(self._message("command", str(err))) from None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _note(self, text: str) -> None:
+        """A host-side line in the console log, so it reads as a transcript."""
+        first, *rest = text.splitlines() or [""]
+        more = f" (+{len(rest)} lines)" if rest else ""
+        self._log.write(f"\n# klp-harness: {first[:300]}{more}\n".encode())
+        self._log.flush()
+
+    def _message(self, phase: str, what: str) -> str:
+        return (
+            f"{self.kernel_name} ({self.accel}): {phase}: {what}\n"
+            f"--- last console lines ({self.console_log}) ---\n{console_tail(self.console_log)}"
+        )
+
+    def _expect(
+        self, pattern: str, timeout: float, phase: str, what: str, *, retry: bool = False
+    ) -> re.Match[bytes]:
+        """Wait for `pattern`; EOF raises GuestDied, a timeout GuestTimeout (or _Retry)."""
+        index = self._child.expect(
+            [re.compile(pattern.encode()), pexpect.EOF, pexpect.TIMEOUT], timeout=timeout
+        )
+        if index == 0:
+            match = self._child.match
+            assert isinstance(match, re.Match)
+            return match
+        if index == 1:
+            self._dead = True
+            self._child.close(force=True)
+            code, sig = self._child.exitstatus, self._child.signalstatus
+            status = f"exit status {code}" if code is not None else f"signal {sig}"
+            raise GuestDied(self._message(phase, f"the guest ended ({status}); {what}"))
+        if retry:
+            raise _Retry
+        self._fail_timeout(phase, f"{what} within {timeout:.0f} s")
+
+    def _fail_timeout(self, phase: str, what: str) -> NoReturn:
+        self._dead = True
+        self._child.close(force=True)
+        raise GuestTimeout(self._message(phase, what + "; the guest was stopped"))
+
+
+class _Retry(Exception):
+    """Internal: a wait that the caller retries."""
