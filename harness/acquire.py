@@ -21,6 +21,7 @@ from harness.kernels import _ABI, Spec, parse_spec, resolve_name
 RESOLUTION_MAX_AGE = 24 * 3600
 MARKER = ".complete"
 _HEADERS_DEP = re.compile(r"^linux-(headers|kbuild)-")
+_SIGNED = re.compile(r"^linux-(image|binary)-.*(?<!-unsigned)$")
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,10 @@ def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
     found: dict[str, Pkg] = {}
 
     def add(name: str, want: str, follow: re.Pattern[str] | None) -> None:
-        if name in found or name.removesuffix("-unsigned") in found:
+        if name in found or f"{name}-unsigned" in found:
             return
         rec = None
-        if not name.endswith("-unsigned"):  # the -unsigned twin holds the same files, unsigned
+        if _SIGNED.match(name):  # the -unsigned twin holds the same files, unsigned
             rec = _record(apt, f"{name}-unsigned={want}", None)
         rec = rec or _record(apt, f"{name}={want}", None) or _record(apt, name, pins)
         if rec is None:

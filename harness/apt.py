@@ -257,6 +257,10 @@ class AptRoot:
             "Dir::State": r / "state",
             "Dir::State::status": r / "state" / "status",
             "Dir::Cache": r / "cache",
+            # the host may disable the binary caches (docker images do): each call would
+            # then re-parse every list, seconds per query
+            "Dir::Cache::pkgcache": "pkgcache.bin",
+            "Dir::Cache::srcpkgcache": "srcpkgcache.bin",
             "APT::Architecture": "amd64",
             "APT::Architectures": "amd64",
             "Acquire::Languages": "none",

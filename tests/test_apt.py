@@ -1,0 +1,131 @@
+"""Host apt configuration parsing and the private apt root's files (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.apt import (
+    AptRoot,
+    find_mirrors,
+    parse_control,
+    parse_deb822,
+    parse_depends,
+    parse_one_line,
+    preferences_text,
+    private_sources,
+    read_host_sources,
+)
+from harness.errors import KernelError
+
+ONE_LINE = """\
+# a comment
+deb http://mirror.example/debian bookworm main contrib
+deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://mirror.example/debian bookworm-updates \
+main
+deb-src http://mirror.example/debian bookworm main
+deb http://security.example/debian-security bookworm-security main  # trailing
+deb https://vendor.example/apt cloud-sdk main
+"""
+
+DEB822 = """\
+Types: deb
+# http://snapshot.example/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://security.example/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: https://other.example/node
+Suites: nodistro
+Components: main
+Enabled: no
+"""
+
+
+def test_one_line_format() -> None:
+    srcs = parse_one_line(ONE_LINE)
+    assert [s.suites for s in srcs] == [("bookworm",), ("bookworm-updates",), ("bookworm",),
+                                       ("bookworm-security",), ("cloud-sdk",)]
+    assert srcs[0].components == ("main", "contrib")
+    assert srcs[1].signed_by == "/usr/share/keyrings/x.gpg"
+    assert srcs[2].types == ("deb-src",)
+    assert srcs[3].uris == ("http://security.example/debian-security",)
+
+
+def test_deb822_format() -> None:
+    srcs = parse_deb822(DEB822)
+    assert len(srcs) == 3
+    assert srcs[0].suites == ("bookworm", "bookworm-updates")
+    assert srcs[0].signed_by == "/usr/share/keyrings/debian-archive-keyring.gpg"
+    assert not srcs[2].enabled
+
+
+@pytest.mark.parametrize("layout", ["one-line", "deb822"])
+def test_host_mirrors(tmp_path: Path, layout: str) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    if layout == "one-line":
+        (tmp_path / "sources.list").write_text(ONE_LINE)
+    else:
+        (tmp_path / "sources.list.d" / "debian.sources").write_text(DEB822)
+        (tmp_path / "sources.list.d" / "off.list.disabled").write_text("deb http://x/ sid main\n")
+    mirrors = find_mirrors(read_host_sources(tmp_path))
+    assert mirrors.debian.uris == ("http://mirror.example/debian",)
+    assert mirrors.security is not None
+    assert mirrors.security.uris == ("http://security.example/debian-security",)
+    text = private_sources(mirrors)
+    assert "URIs: http://mirror.example/debian\n" in text
+    debian, security = text.split("\n\n")
+    for suite in ("bullseye", "bookworm-backports", "trixie-backports", "forky", "sid"):
+        assert f" {suite}" in debian
+    assert "bullseye-backports" not in text
+    assert "Suites: bullseye-security bookworm-security trixie-security forky-security" in security
+
+
+def test_no_mirror(tmp_path: Path) -> None:
+    (tmp_path / "sources.list").write_text("deb https://vendor.example/apt cloud-sdk main\n")
+    with pytest.raises(KernelError, match="no Debian mirror found"):
+        find_mirrors(read_host_sources(tmp_path))
+
+
+def test_preferences_pin_other_suites_away() -> None:
+    text = preferences_text({"trixie-backports": 990, "trixie": 500})
+    assert "Pin: release n=trixie-backports\nPin-Priority: 990" in text
+    assert "Pin: release n=sid\nPin-Priority: -1" in text
+    assert "Pin: release n=trixie\nPin-Priority: -1" not in text
+
+
+def test_control_and_depends() -> None:
+    recs = parse_control("Package: a\nVersion: 1\nDescription: x\n more\n\nPackage: b\n")
+    assert recs[0]["Description"] == "x\nmore" and recs[1]["Package"] == "b"
+    deps = parse_depends("linux-base-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), "
+                         "dracut | initramfs-tools (>= 0.120+deb8u2), linux-kbuild-6.1 (>= 6.1.1), "
+                         "gcc-14-for-host:any")
+    assert [(d.name, d.op, d.version) for d in deps] == [
+        ("linux-base-7.3.4+deb13-amd64", "=", "7.3.4-1~bpo13+1"),
+        ("dracut", "", ""),
+        ("linux-kbuild-6.1", ">=", "6.1.1"),
+        ("gcc-14-for-host", "", ""),
+    ]
+
+
+def test_private_root_options(tmp_path: Path) -> None:
+    mirrors = find_mirrors(parse_deb822(DEB822))
+    apt = AptRoot(tmp_path / "apt", mirrors)
+    apt.setup()
+    opts = apt.options({"bookworm": 500})
+    joined = " ".join(opts)
+    assert f"Dir::State::status={tmp_path}/apt/state/status" in joined
+    for opt in opts:  # every path is inside the private root: the system's apt is untouched
+        if "/" in opt:
+            assert opt.split("=")[-1].startswith(f"{tmp_path}/apt/")
+    assert (tmp_path / "apt/state/status").read_text() == ""
+    assert apt.lists_age() is None  # never updated: the next acquire updates

@@ -1,0 +1,121 @@
+"""Kernel spec parsing and the kernels/*.toml declarations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.acquire import acquire
+from harness.errors import ExpectationError, KernelError
+from harness.kernels import default_spec, load_declared, parse_spec, resolve_name
+
+
+def test_suite_specs() -> None:
+    s = parse_spec("debian:bookworm")
+    assert (s.kind, s.release, s.backports) == ("debian-suite", "bookworm", False)
+    assert s.flavour == "amd64"
+    assert s.suite_priorities() == {"bookworm": 500, "bookworm-updates": 500,
+                                    "bookworm-security": 500}
+    b = parse_spec("debian:trixie-backports")
+    assert b.suite == "trixie-backports" and b.suite_priorities()["trixie-backports"] == 990
+    c = parse_spec("debian:bookworm-backports-cloud")
+    assert (c.backports, c.flavour) == (True, "cloud-amd64")
+    assert parse_spec("debian:sid").suite_priorities() == {"sid": 500}
+
+
+@pytest.mark.parametrize(
+    ("text", "abi", "flavour"),
+    [
+        ("debian:6.1.0-47-amd64", "6.1.0-47-amd64", "amd64"),
+        ("debian:6.1.0-47-cloud-amd64", "6.1.0-47-cloud-amd64", "cloud-amd64"),
+        ("debian:6.12.115+deb13.1-amd64", "6.12.115+deb13.1-amd64", "amd64"),
+        ("debian:6.1.0-0.deb11.48-amd64", "6.1.0-0.deb11.48-amd64", "amd64"),
+        ("debian:7.3.4+deb13-amd64", "7.3.4+deb13-amd64", "amd64"),
+    ],
+)
+def test_abi_specs(text: str, abi: str, flavour: str) -> None:
+    s = parse_spec(text)
+    assert (s.kind, s.abi, s.flavour, s.text) == ("debian-abi", abi, flavour, text)
+    assert s.suite_priorities() == {}
+
+
+def test_local_and_source(tmp_path: Path) -> None:
+    s = parse_spec(f"local:{tmp_path}")
+    assert s.kind == "local" and s.path == tmp_path
+    src = parse_spec("source:v6.6")
+    assert src.kind == "source" and src.ref == "v6.6"
+    with pytest.raises(KernelError, match="not supported yet"):
+        acquire("source:v6.6")
+    with pytest.raises(KernelError, match="not a built kernel tree"):
+        acquire(f"local:{tmp_path}")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("bookworm", "unknown kernel spec"),
+        ("debian:", "unknown kernel spec"),
+        ("ubuntu:jammy", "unknown kernel spec kind"),
+        ("debian:buster", "unknown suite"),
+        ("debian:sid-backports", "unknown suite"),
+        ("debian:bullseye-backports", "unknown suite"),
+        ("debian:6.1.0-47-arm64", "unknown suite or ABI"),
+    ],
+)
+def test_bad_specs(text: str, match: str) -> None:
+    with pytest.raises(KernelError, match=match) as err:
+        parse_spec(text)
+    assert "\n" not in str(err.value)
+
+
+def test_repository_declarations() -> None:
+    decls = load_declared()
+    names = {d.name for d in decls}
+    assert {"bookworm", "trixie-backports"} <= names
+    assert default_spec() == "debian:bookworm"
+    for d in decls:
+        parse_spec(d.spec)
+    assert resolve_name("bookworm") == "debian:bookworm"
+    assert resolve_name("debian:sid") == "debian:sid"
+
+
+def _write(dir: Path, name: str, text: str) -> None:
+    (dir / name).write_text(text)
+
+
+def test_declarations_format(tmp_path: Path) -> None:
+    _write(tmp_path, "a.toml", '[[kernel]]\nname = "k1"\nspec = "debian:sid"\n')
+    _write(tmp_path, "b.toml", '[[kernel]]\nname = "k2"\nspec = "debian:bookworm"\n'
+           'default = true\ndescription = "x"\n[[kernel]]\nname = "k3"\nspec = "local:/x"\n')
+    decls = load_declared(tmp_path)
+    assert [d.name for d in decls] == ["k1", "k2", "k3"]
+    assert decls[1].default and decls[1].description == "x"
+    assert default_spec(tmp_path) == "debian:bookworm"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('[[kernel]]\nname = "k"\n', "'spec' must be"),
+        ('[[kernel]]\nname = "k"\nspec = "debian:buster"\n', "unknown suite"),
+        ('[[kernel]]\nname = "k"\nspec = "debian:sid"\nflavor = 1\n', "unknown keys"),
+        ('kernel = 1\n', "array of tables"),
+        ('[[kernel]\n', "invalid TOML"),
+        ('[other]\n', "unknown top-level"),
+        ('[[kernel]]\nname = "k"\nspec = "debian:sid"\n'
+         '[[kernel]]\nname = "k"\nspec = "debian:sid"\n', "already declared"),
+        ('[[kernel]]\nname = "a"\nspec = "debian:sid"\ndefault = true\n'
+         '[[kernel]]\nname = "b"\nspec = "debian:sid"\ndefault = true\n', "more than one default"),
+    ],
+)
+def test_declaration_errors(tmp_path: Path, text: str, match: str) -> None:
+    _write(tmp_path, "k.toml", text)
+    with pytest.raises(ExpectationError, match=match):
+        load_declared(tmp_path)
+
+
+def test_no_default(tmp_path: Path) -> None:
+    _write(tmp_path, "k.toml", '[[kernel]]\nname = "k"\nspec = "debian:sid"\n')
+    with pytest.raises(ExpectationError, match="no kernel is marked default"):
+        default_spec(tmp_path)
