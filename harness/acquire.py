@@ -260,7 +260,7 @@ def acquire(spec: str, *, quiet: bool = False) -> Kernel:
     """Fetch (or find in the cache) the kernel `spec` names; see kernels/README.md."""
     parsed = parse_spec(resolve_name(spec))
     if parsed.kind == "source":
-        raise KernelError(f"{parsed.text}: source: kernels are not supported yet")
+        raise KernelError(f"{parsed.text}: kernels built from source are not supported yet")
     if parsed.kind == "local":
         return _local(parsed, quiet)
     res = _load_resolution(parsed)

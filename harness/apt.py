@@ -257,16 +257,15 @@ class AptRoot:
             "Dir::State": r / "state",
             "Dir::State::status": r / "state" / "status",
             "Dir::Cache": r / "cache",
-            # the host may disable the binary caches (docker images do): each call would
-            # then re-parse every list, seconds per query
+            # the host may disable the binary cache (docker images do): each call would then
+            # re-parse every list, seconds per query; the source cache would double its 100 MB
             "Dir::Cache::pkgcache": "pkgcache.bin",
-            "Dir::Cache::srcpkgcache": "srcpkgcache.bin",
             "APT::Architecture": "amd64",
             "APT::Architectures": "amd64",
             "Acquire::Languages": "none",
             "APT::Sandbox::User": "root" if os.geteuid() == 0 else os.environ.get("USER", ""),
         }
-        out = ["-c", str(r / "etc" / "apt.conf")]
+        out = ["-c", str(r / "etc" / "apt.conf"), "-o", "Dir::Cache::srcpkgcache="]
         for key, val in opts.items():
             if val != "":
                 out += ["-o", f"{key}={val}"]

@@ -164,3 +164,24 @@ def test_kallsyms_finder_failure(tmp_path: Path) -> None:
     bogus.write_bytes(b"\0" * 4096)
     with pytest.raises(KernelError, match="kallsyms-finder failed"):
         kallsyms.recover(bogus, tmp_path / "out")
+
+
+def test_local_tree(
+    default_kernel: Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Debian vmlinuz is a bzImage: lay it out as a user's build tree would.
+    monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path / "cache"))
+    tree = tmp_path / "linux"
+    (tree / "arch/x86/boot").mkdir(parents=True)
+    (tree / "include/config").mkdir(parents=True)
+    (tree / "arch/x86/boot/bzImage").symlink_to(default_kernel.vmlinuz)
+    (tree / ".config").symlink_to(default_kernel.config)
+    (tree / "Module.symvers").symlink_to(default_kernel.symvers)
+    (tree / "System.map").write_text("ffffffff81000000 T _text\n")
+    (tree / "include/config/kernel.release").write_text(f"{default_kernel.release}\n")
+    local = acq.acquire(f"local:{tree}", quiet=True)
+    assert (local.name, local.package_version) == (f"local-{default_kernel.release}", "local")
+    assert local.headers == tree and local.vmlinuz == tree / "arch/x86/boot/bzImage"
+    assert local.kallsyms.read_text() == default_kernel.kallsyms.read_text()
+    assert local.modules_dir.is_dir()
+    assert acq.cached(f"local:{tree}") == local
