@@ -62,6 +62,20 @@ def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
     return Prepared(sample, expectation, built, None)
 
 
+def _not_run(item: Prepared) -> ModuleResult:
+    built = item.built
+    return ModuleResult(
+        item.sample.name,
+        item.sample.module,
+        NOT_RUN,
+        item.expectation.outcome,
+        "the guest died before this step",
+        converted=list(built.converted) if built else [],
+        toolchain=built.toolchain if built else "",
+        build_log=str(built.log) if built else "",
+    )
+
+
 def run_kernel(spec: str, samples: Sequence[Sample], results_dir: Path, out: Printer) -> KernelResult:
     from harness.acquire import acquire
     from harness.boot import boot
@@ -94,13 +108,8 @@ def run_kernel(spec: str, samples: Sequence[Sample], results_dir: Path, out: Pri
         except BootError as err:
             result.error = f"guest: {err}"
             for item in pending:
-                results.setdefault(
-                    item.sample.name,
-                    ModuleResult(
-                        item.sample.name, item.sample.module, NOT_RUN,
-                        item.expectation.outcome, "the guest died before this step",
-                    ),
-                )
+                if item.sample.name not in results:
+                    results[item.sample.name] = _not_run(item)
     result.modules = [results[s.name] for s in samples if s.name in results]
     return result
 
