@@ -83,15 +83,30 @@ class Splat:
     index: int  # its position in the scanned list
 
 
+TRACE_OF_SPLAT = 40  # a "Call Trace" this many lines after another splat belongs to it
+
+
 def scan_splats(lines: list[str]) -> list[Splat]:
-    """Every line that looks like a kernel splat, with the first pattern it matched."""
-    found = []
+    """Every line that looks like a kernel splat, with the first pattern it matched.
+
+    The "Call Trace" of a WARNING or Oops is part of that report and is not listed again;
+    a bare one (dump_stack) is.
+    """
+    found: list[Splat] = []
     for index, line in enumerate(lines):
         for kind, pattern in SPLAT_PATTERNS:
             if pattern.search(line):
-                found.append(Splat(kind, line, index))
+                owned = found and index - found[-1].index <= TRACE_OF_SPLAT
+                if not (kind == "Call Trace" and owned):
+                    found.append(Splat(kind, line, index))
                 break
     return found
+
+
+def last_splat(text: str) -> str | None:
+    """The last splat message of a console or dmesg text (the panic line when it panicked)."""
+    splats = scan_splats(messages(text))
+    return splats[-1].line if splats else None
 
 
 # kernel/panic.c taint_flags, bit -> letter (bit 0 reads 'G' when clear).

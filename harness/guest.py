@@ -169,20 +169,14 @@ class Guest:
         stem = f"cmd-{self._seq:04d}"
         (self.share_dir / f"{stem}.sh").write_text(cmd + "\n")
         line = (
-            f"sh {stem}.sh >{stem}.out 2>&1 </dev/null; "
-            f"printf '%s:%s:%s\\n' {self._token} {self._seq} \"$?\""
+            f"sh {stem}.sh >{stem}.out 2>&1 </dev/null; r=$?; echo $r >{stem}.rc; "
+            f"printf '%s:%s:%s\\n' {self._token} {self._seq} $r"
         )
         self._note(f"[{self._seq}] {cmd}")
         start = time.monotonic()
         self._child.sendline(line)
-        match = self._expect(
-            rf"{self._token}:{self._seq}:(\d+)\r*\n",
-            timeout * self.timeout_scale,
-            "command",
-            f"no answer to {cmd!r}",
-        )
+        status = self._wait_status(stem, timeout * self.timeout_scale, f"no answer to {cmd!r}")
         seconds = time.monotonic() - start
-        status = int(match.group(1))
         try:
             output = (self.share_dir / f"{stem}.out").read_bytes().decode(errors="replace")
         except OSError as err:
@@ -267,11 +261,39 @@ class Guest:
             self._dead = True
             self._child.close(force=True)
             code, sig = self._child.exitstatus, self._child.signalstatus
-            status = f"exit status {code}" if code is not None else f"signal {sig}"
-            raise GuestDied(self._message(phase, f"the guest ended ({status}); {what}"))
+            status = f"qemu exit status {code}" if code is not None else f"signal {sig}"
+            raise GuestDied(
+                self._message(phase, f"the guest ended ({status}{self._cause()}); {what}")
+            )
         if retry:
             raise _Retry
         self._fail_timeout(phase, f"{what} within {timeout:.0f} s")
+
+    def _wait_status(self, stem: str, timeout: float, what: str) -> int:
+        """The exit status from the console marker, or else from the `.rc` file.
+
+        The file is the fallback for a marker garbled by kernel messages interleaving on
+        the console (possible when the console log level is raised).
+        """
+        deadline = time.monotonic() + timeout
+        rc_file = self.share_dir / f"{stem}.rc"
+        marker = rf"{self._token}:{self._seq}:(\d+)\r*\n"
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                match = self._expect(marker, min(1.0, max(left, 0.01)), "command", what, retry=True)
+                return int(match.group(1))
+            except _Retry:
+                text = rc_file.read_text().strip() if rc_file.exists() else ""
+                if text.isdigit():
+                    return int(text)
+                if left <= 0:
+                    self._fail_timeout("command", f"{what} within {timeout:.0f} s")
+
+    def _cause(self) -> str:
+        """The console's last splat (usually the panic line), as a hint in the message."""
+        line = dmesg.last_splat(console_tail(self.console_log, 200))
+        return f" after: {line}" if line else ""
 
     def _fail_timeout(self, phase: str, what: str) -> NoReturn:
         self._dead = True
