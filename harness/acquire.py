@@ -129,20 +129,22 @@ def _save_resolution(spec: Spec, res: Resolution) -> None:
 
 def _apt_root() -> AptRoot:
     apt = AptRoot(cache_dir("apt"), find_mirrors(read_host_sources()))
-    apt.setup()
+    with locked(apt.root / "lists"):
+        apt.setup()
     return apt
 
 
 def _resolve_fresh(spec: Spec, quiet: bool) -> tuple[AptRoot, Resolution]:
     apt = _apt_root()
-    apt.ensure_fresh(quiet)
-    try:
-        res = _resolve(apt, spec)
-    except KernelError:
-        if apt.updated:
-            raise
-        apt.update(quiet)  # a stale list may lack what the mirror has now: retry once
-        res = _resolve(apt, spec)
+    with locked(apt.root / "lists"):  # concurrent runs: one updates, the others wait
+        apt.ensure_fresh(quiet)
+        try:
+            res = _resolve(apt, spec)
+        except KernelError:
+            if apt.updated:
+                raise
+            apt.update(quiet)  # a stale list may lack what the mirror has now: retry once
+            res = _resolve(apt, spec)
     _save_resolution(spec, res)
     return apt, res
 
@@ -203,7 +205,8 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> P
             if not sys.stderr.isatty():
                 for p in missing:
                     _say(f"  {p.name} {p.version} ({_mib(p.size)})", quiet)
-            apt.download([(p.name, p.version) for p in missing], debs, quiet)
+            with locked(apt.root / "lists"):  # apt-get reads the lists an update rewrites
+                apt.download([(p.name, p.version) for p in missing], debs, quiet)
             lost = [p.deb for p in missing if not (debs / p.deb).is_file()]
             if lost:
                 raise KernelError(f"download failed: apt-get did not produce {', '.join(lost)}")

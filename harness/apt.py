@@ -236,9 +236,11 @@ class AptRoot:
             (etc / name).touch()
         (self.root / "state" / "status").touch()  # an empty dpkg status: nothing installed
         # The host's hooks (appstream, packagekit) must not run for our updates.
-        atomic_write_text(etc / "apt.conf",
-                          "#clear APT::Update::Post-Invoke-Success;\n"
-                          "#clear APT::Update::Post-Invoke;\n#clear DPkg::Post-Invoke;\n")
+        conf = etc / "apt.conf"
+        hooks = ("#clear APT::Update::Post-Invoke-Success;\n"
+                 "#clear APT::Update::Post-Invoke;\n#clear DPkg::Post-Invoke;\n")
+        if not conf.is_file() or conf.read_text() != hooks:
+            atomic_write_text(conf, hooks)
 
     def options(self, pins: dict[str, int] | None = None) -> list[str]:
         r = self.root
@@ -291,9 +293,17 @@ class AptRoot:
         (self.lists / ".stamp").touch()
 
     def ensure_fresh(self, quiet: bool = False) -> None:
+        """Update when the lists are missing or older than a day; stale lists beat none."""
         age = self.lists_age()
-        if age is None or age > LISTS_MAX_AGE:
+        if age is not None and age <= LISTS_MAX_AGE:
+            return
+        try:
             self.update(quiet)
+        except KernelError as err:
+            if age is None:
+                raise
+            print(f"klp-harness: warning: {err}; using lists {age / 3600:.0f} h old",
+                  file=sys.stderr)
 
     def show(self, package: str, pins: dict[str, int] | None = None) -> dict[str, str] | None:
         """The control record of `package` (`name` = apt's candidate, `name=version` exact)."""
@@ -302,7 +312,10 @@ class AptRoot:
             stdin=subprocess.DEVNULL, capture_output=True, text=True,
         )
         if proc.returncode != 0:
-            return None
+            if "No packages found" in proc.stderr or "Unable to locate" in proc.stderr:
+                return None
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise KernelError(f"apt-cache show {package} in {self.root} failed: {last}")
         records = parse_control(proc.stdout)
         return records[0] if records else None
 
