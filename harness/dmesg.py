@@ -35,8 +35,8 @@ def messages(text: str) -> list[str]:
 
 
 def canary_line(label: str, token: str) -> str:
-    """The line written to /dev/kmsg before a step; `label` loses whitespace to stay one word."""
-    word = re.sub(r"\s+", "_", label.strip()) or "step"
+    """The line written to /dev/kmsg before a step; `label` becomes one shell-safe word."""
+    word = re.sub(r"[^A-Za-z0-9_.:+-]+", "_", label.strip()) or "step"
     return f"{CANARY_TAG} {word} {token}"
 
 

@@ -37,6 +37,7 @@ def test_messages_drop_carriage_returns_and_escapes() -> None:
 def test_canary_is_one_word_label() -> None:
     line = dmesg.canary_line("mod insmod", "TOKEN-3")
     assert line == "klp-harness: canary mod_insmod TOKEN-3"
+    assert dmesg.canary_line("it's $(x) ", "T") == "klp-harness: canary it_s_x_ T"
 
 
 def test_lines_since_takes_last_exact_canary() -> None:
