@@ -18,9 +18,12 @@ from pathlib import Path
 
 from harness import __version__
 from harness.cache import cache_dir, cache_root, locked, staged_dir
+from harness.convert import ConvertReport, convert_module
 from harness.errors import BuildError
 from harness.expect import Sample
 from harness.kernel import Kernel
+from harness.symbols import SymbolTable, load_symvers
+from harness.toolchain import select
 
 INCLUDE_DIR = Path(__file__).resolve().parent / "include"
 _UNDEFINED = re.compile(r'(?:WARNING|ERROR): modpost: "([^"]+)" \[[^\]]+\] undefined!')
@@ -64,15 +67,13 @@ def _fingerprint(kernel: Kernel, sample: Sample, toolchain: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _symbol_data(kallsyms: Path, symvers: Path) -> tuple[object, frozenset[str]]:
-    from harness.symbols import SymbolTable, load_symvers
-
+def _symbol_data(kallsyms: Path, symvers: Path) -> tuple[SymbolTable, frozenset[str]]:
     return SymbolTable.load(kallsyms), frozenset(load_symvers(symvers))
 
 
-def _convert(kernel: Kernel, sample: Sample, raw: Path, out: Path, undefined: list[str]) -> object:
-    from harness.convert import convert_module
-
+def _convert(
+    kernel: Kernel, sample: Sample, raw: Path, out: Path, undefined: list[str]
+) -> ConvertReport:
     symtab, exports = _symbol_data(kernel.kallsyms, kernel.symvers)
     wanted = list(sample.convert.symbols)
     stray = sorted(set(undefined) - set(wanted)) if wanted else []
@@ -84,7 +85,7 @@ def _convert(kernel: Kernel, sample: Sample, raw: Path, out: Path, undefined: li
     return convert_module(
         raw,
         out,
-        symtab=symtab,  # type: ignore[arg-type]
+        symtab=symtab,
         exports=set(exports),
         symbols=wanted or None,
         sympos=dict(sample.convert.sympos),
@@ -93,8 +94,6 @@ def _convert(kernel: Kernel, sample: Sample, raw: Path, out: Path, undefined: li
 
 
 def _make(kernel: Kernel, workdir: Path, log: Path) -> str:
-    from harness.toolchain import select
-
     toolchain = select(kernel)
     argv = [
         "make",
@@ -107,7 +106,9 @@ def _make(kernel: Kernel, workdir: Path, log: Path) -> str:
     ]
     command = toolchain.command(argv, binds=[cache_root(), INCLUDE_DIR, workdir])
     proc = subprocess.run(command, capture_output=True, text=True, errors="replace")
-    text = f"$ {' '.join(command)}\n# toolchain: {toolchain.description}\n{proc.stdout}{proc.stderr}"
+    text = (
+        f"$ {' '.join(command)}\n# toolchain: {toolchain.description}\n{proc.stdout}{proc.stderr}"
+    )
     log.write_text(text)
     if proc.returncode != 0:
         raise BuildError(
@@ -126,8 +127,6 @@ def _read_stamp(directory: Path) -> dict[str, str] | None:
 
 def build_module(kernel: Kernel, sample: Sample) -> BuiltModule:
     """Build and convert `sample` for `kernel`, or return the cached result when nothing changed."""
-    from harness.toolchain import select
-
     start = time.monotonic()
     toolchain = select(kernel).description
     final = cache_dir("builds", kernel.name) / sample.name
@@ -146,15 +145,17 @@ def build_module(kernel: Kernel, sample: Sample) -> BuiltModule:
             out = work / "klp" / raw.name
             out.parent.mkdir()
             report = _convert(kernel, sample, raw, out, undefined)
-            converted = [f"{c.obj}.{c.name},{c.sympos}" for c in report.converted]  # type: ignore[attr-defined]
-            missing = sorted(set(undefined) - {c.name for c in report.converted})  # type: ignore[attr-defined]
+            converted = [f"{c.obj}.{c.name},{c.sympos}" for c in report.converted]
+            missing = sorted(set(undefined) - {c.name for c in report.converted})
             if missing:
-                raise BuildError(f"{sample.name}: undefined and not converted: {', '.join(missing)}")
+                raise BuildError(
+                    f"{sample.name}: undefined and not converted: {', '.join(missing)}"
+                )
             stamp = {
                 "fingerprint": fingerprint,
                 "toolchain": toolchain,
                 "converted": " ".join(converted),
-                "left_alone": " ".join(sorted(report.left_alone)),  # type: ignore[attr-defined]
+                "left_alone": " ".join(sorted(report.left_alone)),
             }
             (work / STAMP).write_text("".join(f"{k}={v}\n" for k, v in stamp.items()))
     # kbuild's .cmd files still name the staging dir; only the .ko files are used from here.

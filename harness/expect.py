@@ -91,7 +91,7 @@ def _dotted(version: tuple[int, ...]) -> str:
 
 def _version(text: object, where: str) -> tuple[int, ...]:
     if not isinstance(text, str) or not re.fullmatch(r"\d+(\.\d+){0,2}", text):
-        raise ExpectationError(f"{where}: kernel version must look like \"5.10\", got {text!r}")
+        raise ExpectationError(f'{where}: kernel version must look like "5.10", got {text!r}')
     return tuple(int(p) for p in text.split("."))
 
 
@@ -127,7 +127,7 @@ def _condition(data: object, where: str) -> Condition:
     _check_keys(data, {"min_kernel", "max_kernel", "config"}, where)
     config = data.get("config", {})
     if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
-        raise ExpectationError(f"{where}: `when.config` maps options to \"y\"/\"m\"/\"n\"")
+        raise ExpectationError(f'{where}: `when.config` maps options to "y"/"m"/"n"')
     return Condition(
         min_kernel=_version(data["min_kernel"], where) if "min_kernel" in data else None,
         max_kernel=_version(data["max_kernel"], where) if "max_kernel" in data else None,
@@ -137,7 +137,7 @@ def _condition(data: object, where: str) -> Condition:
 
 def _check(data: object, where: str) -> GuestCheck:
     if not isinstance(data, dict) or not isinstance(data.get("cmd"), str):
-        raise ExpectationError(f"{where}: a check needs `cmd = \"...\"`")
+        raise ExpectationError(f'{where}: a check needs `cmd = "..."`')
     _check_keys(data, {"cmd", "output", "dmesg", "status"}, where)
     status = data.get("status", 0)
     if not isinstance(status, int):

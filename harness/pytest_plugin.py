@@ -18,6 +18,7 @@ import pytest
 from harness.build import BuiltModule, build_module
 from harness.errors import HarnessError
 from harness.expect import find_sample
+from harness.guest import Guest
 from harness.kernel import Kernel
 from harness.results import ModuleResult
 
@@ -86,7 +87,7 @@ def klp_kernel(klp_kernel_spec: str) -> Kernel:
 
 
 @pytest.fixture(scope="session")
-def klp_guest(klp_kernel: Kernel, klp_results_dir: Path) -> Iterator[object]:
+def klp_guest(klp_kernel: Kernel, klp_results_dir: Path) -> Iterator[Guest]:
     from harness.boot import boot
 
     missing = missing_vm_tools()
@@ -111,7 +112,7 @@ def klp_module(klp_kernel: Kernel) -> Callable[[str], BuiltModule]:
 
 @pytest.fixture
 def klp_step(
-    klp_guest: object, klp_kernel: Kernel, klp_module: Callable[[str], BuiltModule]
+    klp_guest: Guest, klp_kernel: Kernel, klp_module: Callable[[str], BuiltModule]
 ) -> Callable[[str], ModuleResult]:
     from harness.steps import run_step
 

@@ -79,9 +79,7 @@ class RunResults:
 
     @property
     def ok(self) -> bool:
-        return all(
-            not k.error and all(m.outcome in GOOD for m in k.modules) for k in self.kernels
-        )
+        return all(not k.error and all(m.outcome in GOOD for m in k.modules) for k in self.kernels)
 
 
 def format_table(results: RunResults) -> str:
@@ -107,4 +105,4 @@ def format_table(results: RunResults) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return "\n".join(lines + (["", *notes] if notes else []))

@@ -20,7 +20,13 @@ from harness.kernel import Kernel
 from harness.results import FAIL, NA, NOT_RUN, KernelResult, ModuleResult, RunResults
 
 Printer = Callable[[str], None]
-REPORTED_OPTIONS = ("LIVEPATCH", "KALLSYMS_ALL", "MODULE_SIG_FORCE", "MODULE_SIG", "CC_VERSION_TEXT")
+REPORTED_OPTIONS = (
+    "LIVEPATCH",
+    "KALLSYMS_ALL",
+    "MODULE_SIG_FORCE",
+    "MODULE_SIG",
+    "CC_VERSION_TEXT",
+)
 
 
 def _stderr(line: str) -> None:
@@ -49,12 +55,16 @@ def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
     """Decide applicability, then build and convert; a build failure is that module's failure."""
     expectation = sample.expectation(kernel)
     if expectation.outcome == "not-applicable":
-        result = ModuleResult(sample.name, sample.module, NA, expectation.outcome, expectation.reason)
+        result = ModuleResult(
+            sample.name, sample.module, NA, expectation.outcome, expectation.reason
+        )
         return Prepared(sample, expectation, None, result)
     try:
         built = build_module(kernel, sample)
     except HarnessError as err:
-        result = ModuleResult(sample.name, sample.module, FAIL, expectation.outcome, f"build: {err}")
+        result = ModuleResult(
+            sample.name, sample.module, FAIL, expectation.outcome, f"build: {err}"
+        )
         out(f"  {sample.name}: build failed: {str(err).splitlines()[0]}")
         return Prepared(sample, expectation, None, result)
     state = "cached" if built.cached else f"built in {built.seconds:.1f} s"
@@ -76,7 +86,9 @@ def _not_run(item: Prepared) -> ModuleResult:
     )
 
 
-def run_kernel(spec: str, samples: Sequence[Sample], results_dir: Path, out: Printer) -> KernelResult:
+def run_kernel(
+    spec: str, samples: Sequence[Sample], results_dir: Path, out: Printer
+) -> KernelResult:
     from harness.acquire import acquire
     from harness.boot import boot
     from harness.steps import run_step

@@ -25,7 +25,9 @@ def _vmlinux(text: str) -> list[tuple[str, int, str]]:
     return [(r[2], int(r[0], 16), r[1]) for r in rows if len(r) == 3]
 
 
-def test_recovered_symbol_table_matches_guest_kallsyms(klp_kernel: Kernel, klp_guest: Guest) -> None:
+def test_recovered_symbol_table_matches_guest_kallsyms(
+    klp_kernel: Kernel, klp_guest: Guest
+) -> None:
     """The table the converter counts sympos in is the kernel's, up to one KASLR shift."""
     recovered = _vmlinux(klp_kernel.kallsyms.read_text())
     guest = _vmlinux(klp_guest.kallsyms())

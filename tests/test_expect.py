@@ -18,8 +18,16 @@ def fake_kernel(tmp_path: Path, release: str, config: str) -> Kernel:
     cfg.write_text(config)
     p = tmp_path
     return Kernel(
-        spec="test", name=f"test-{release}", release=release, package_version="0",
-        vmlinuz=p, modules_dir=p, config=cfg, headers=p, symvers=p, kallsyms=p,
+        spec="test",
+        name=f"test-{release}",
+        release=release,
+        package_version="0",
+        vmlinuz=p,
+        modules_dir=p,
+        config=cfg,
+        headers=p,
+        symvers=p,
+        kallsyms=p,
     )
 
 
@@ -63,7 +71,9 @@ def test_conditions_on_version_range(tmp_path: Path) -> None:
 
 
 def test_no_matching_entry_is_an_error(tmp_path: Path) -> None:
-    d = write(tmp_path, 'module = "m"\n[[expect]]\nwhen = { min_kernel = "9.0" }\noutcome = "pass"\n')
+    d = write(
+        tmp_path, 'module = "m"\n[[expect]]\nwhen = { min_kernel = "9.0" }\noutcome = "pass"\n'
+    )
     with pytest.raises(ExpectationError, match="no \\[\\[expect\\]\\] entry matches"):
         load_sample(d).expectation(fake_kernel(tmp_path, "6.1.0", ""))
 
@@ -95,7 +105,9 @@ def test_unknown_module_name_lists_the_samples() -> None:
 
 
 def test_config_values_are_read_from_the_kernel_config(tmp_path: Path) -> None:
-    k = fake_kernel(tmp_path, "6.1.0", 'CONFIG_LIVEPATCH=y\nCONFIG_CC_VERSION_TEXT="gcc-12 (Debian)"\n')
+    k = fake_kernel(
+        tmp_path, "6.1.0", 'CONFIG_LIVEPATCH=y\nCONFIG_CC_VERSION_TEXT="gcc-12 (Debian)"\n'
+    )
     assert k.config_value("LIVEPATCH") == "y"
     assert k.config_value("CONFIG_CC_VERSION_TEXT") == "gcc-12 (Debian)"
     assert k.config_value("MODULE_SIG_FORCE") == "n"

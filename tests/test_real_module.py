@@ -47,7 +47,9 @@ def test_kernel_clone_module_converts(
 
     klp = {n: r for n, r in after.items() if n.startswith(".klp.rela.vmlinux.")}
     assert set(klp) >= {".klp.rela.vmlinux..text", ".klp.rela.vmlinux..init.text"}
-    moved = sorted((n.removeprefix(".klp.rela.vmlinux."), o, t) for n, rs in klp.items() for o, t, _ in rs)
+    moved = sorted(
+        (n.removeprefix(".klp.rela.vmlinux."), o, t) for n, rs in klp.items() for o, t, _ in rs
+    )
     original = sorted(
         (n.removeprefix(".rela"), o, t)
         for n, rs in before.items()
@@ -62,7 +64,9 @@ def test_kernel_clone_module_converts(
         for name in klp:
             section = elf.get_section_by_name(name)
             assert section["sh_flags"] & SHF_RELA_LIVEPATCH
-            assert elf.get_section(section["sh_info"]).name == name.removeprefix(".klp.rela.vmlinux.")
+            assert elf.get_section(section["sh_info"]).name == name.removeprefix(
+                ".klp.rela.vmlinux."
+            )
             for rel in section.iter_relocations():
                 sym = symtab.get_symbol(rel["r_info_sym"])
                 assert sym["st_shndx"] == SHN_LIVEPATCH and sym.name.startswith(".klp.sym.vmlinux.")
@@ -74,7 +78,9 @@ def test_kernel_clone_module_converts(
         ["readelf", "-rsSW", str(built.ko)], capture_output=True, text=True, check=True
     ).stdout
     assert re.search(r"\.klp\.rela\.vmlinux\.\.text\s+RELA\s+.*\sAIo\s", readelf)
-    assert re.search(r"NOTYPE\s+GLOBAL DEFAULT\s+OS \[0xff20\] \.klp\.sym\.vmlinux\.kernel_clone,0", readelf)
+    assert re.search(
+        r"NOTYPE\s+GLOBAL DEFAULT\s+OS \[0xff20\] \.klp\.sym\.vmlinux\.kernel_clone,0", readelf
+    )
 
     table = SymbolTable.load(klp_kernel.kallsyms)
     judged = {v.name: v for v in verdicts(inspect_module(built.ko, table), table)}
