@@ -72,19 +72,25 @@ def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
         meta = _record(apt, meta_name, pins)
         if meta is None:
             raise KernelError(f"{spec.text}: no {meta_name} in {spec.suite}")
-        image_deps = [d for d in parse_depends(meta.get("Depends", ""))
-                      if d.name.startswith("linux-image-") and _ABI.match(d.name[12:])]
+        image_deps = [
+            d
+            for d in parse_depends(meta.get("Depends", ""))
+            if d.name.startswith("linux-image-") and _ABI.match(d.name[12:])
+        ]
         if not image_deps:
-            raise KernelError(f"{spec.text}: {meta_name} {meta.get('Version')} names no "
-                              "linux-image-<abi> in its Depends")
+            raise KernelError(
+                f"{spec.text}: {meta_name} {meta.get('Version')} names no "
+                "linux-image-<abi> in its Depends"
+            )
         abi, version = image_deps[0].name[12:], image_deps[0].version
     else:
         abi, version = spec.abi, ""
     image_ref = f"linux-image-{abi}" + (f"={version}" if version else "")
     image = _record(apt, image_ref, pins)
     if image is None:
-        raise KernelError(f"{spec.text}: no such ABI: package linux-image-{abi} is in no suite "
-                          "of the mirror")
+        raise KernelError(
+            f"{spec.text}: no such ABI: package linux-image-{abi} is in no suite of the mirror"
+        )
     version = image["Version"]
     found: dict[str, Pkg] = {}
 
@@ -96,10 +102,15 @@ def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
             rec = _record(apt, f"{name}-unsigned={want}", None)
         rec = rec or _record(apt, f"{name}={want}", None) or _record(apt, name, pins)
         if rec is None:
-            raise KernelError(f"{spec.text}: package {name} (needed by linux-image-{abi}) not "
-                              "found on the mirror")
-        found[rec["Package"]] = Pkg(rec["Package"], rec["Version"],
-                                    rec.get("Architecture", "amd64"), int(rec.get("Size", "0")))
+            raise KernelError(
+                f"{spec.text}: package {name} (needed by linux-image-{abi}) not found on the mirror"
+            )
+        found[rec["Package"]] = Pkg(
+            rec["Package"],
+            rec["Version"],
+            rec.get("Architecture", "amd64"),
+            int(rec.get("Size", "0")),
+        )
         for dep in parse_depends(rec.get("Depends", "")):
             if abi in dep.name or (follow is not None and follow.match(dep.name)):
                 # `=` pins the exact build; otherwise the same source version when it exists
@@ -160,8 +171,11 @@ def _paths(root: Path, abi: str) -> dict[str, Path]:
     modules = root / "lib/modules" / abi
     if not modules.is_dir():
         modules = split
-    return {"vmlinuz": root / "boot" / f"vmlinuz-{abi}",
-            "config": root / "boot" / f"config-{abi}", "modules_dir": modules}
+    return {
+        "vmlinuz": root / "boot" / f"vmlinuz-{abi}",
+        "config": root / "boot" / f"config-{abi}",
+        "modules_dir": modules,
+    }
 
 
 def _fix_headers(tree: Path, final_root: Path) -> None:
@@ -179,8 +193,12 @@ def _fix_headers(tree: Path, final_root: Path) -> None:
 
 def _extract(deb: Path, root: Path, quiet: bool) -> None:
     _say(f"extracting {deb.name}", quiet)
-    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(root)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["dpkg-deb", "-x", str(deb), str(root)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise KernelError(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()[-300:]}")
 
@@ -225,11 +243,13 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> P
             rec = kallsyms.recover(paths["vmlinuz"], tmp / "kallsyms")
             _say(f"{rec.count} symbols in {rec.seconds:.1f} s", quiet)
             meta = {
-                "abi": res.abi, "version": res.version,
+                "abi": res.abi,
+                "version": res.version,
                 "packages": [f"{p.name}={p.version}" for p in res.packages],
                 **{k: str(v.relative_to(tmp)) for k, v in paths.items()},
                 "headers": str(headers.relative_to(tmp)),
-                "symbols": rec.count, "symbols_seconds": round(rec.seconds, 2),
+                "symbols": rec.count,
+                "symbols_seconds": round(rec.seconds, 2),
             }
             atomic_write_text(tmp / "kernel.json", json.dumps(meta, indent=1))
             (tmp / MARKER).touch()
@@ -240,10 +260,16 @@ def _kernel(spec: Spec, entry: Path) -> Kernel:
     meta = json.loads((entry / "kernel.json").read_text())
     headers = entry / meta["headers"]
     return Kernel(
-        spec=spec.text, name=f"debian-{meta['abi']}", release=meta["abi"],
-        package_version=meta["version"], vmlinuz=entry / meta["vmlinuz"],
-        modules_dir=entry / meta["modules_dir"], config=entry / meta["config"],
-        headers=headers, symvers=headers / "Module.symvers", kallsyms=entry / "kallsyms",
+        spec=spec.text,
+        name=f"debian-{meta['abi']}",
+        release=meta["abi"],
+        package_version=meta["version"],
+        vmlinuz=entry / meta["vmlinuz"],
+        modules_dir=entry / meta["modules_dir"],
+        config=entry / meta["config"],
+        headers=headers,
+        symvers=headers / "Module.symvers",
+        kallsyms=entry / "kallsyms",
         packages=tuple(meta["packages"]),
     )
 
@@ -267,8 +293,10 @@ def acquire(spec: str, *, quiet: bool = False) -> Kernel:
     if parsed.kind == "local":
         return _local(parsed, quiet)
     res = _load_resolution(parsed)
-    if res is not None and _complete(res.entry) and (
-        parsed.kind == "debian-abi" or time.time() - res.time < RESOLUTION_MAX_AGE
+    if (
+        res is not None
+        and _complete(res.entry)
+        and (parsed.kind == "debian-abi" or time.time() - res.time < RESOLUTION_MAX_AGE)
     ):
         return _kernel(parsed, res.entry)  # warm: no apt at all
     apt, res = _resolve_fresh(parsed, quiet)
@@ -281,8 +309,12 @@ def acquire(spec: str, *, quiet: bool = False) -> Kernel:
 def _local(spec: Spec, quiet: bool) -> Kernel:
     tree = spec.path
     assert tree is not None
-    need = {"bzImage": tree / "arch/x86/boot/bzImage", "config": tree / ".config",
-            "Module.symvers": tree / "Module.symvers", "System.map": tree / "System.map"}
+    need = {
+        "bzImage": tree / "arch/x86/boot/bzImage",
+        "config": tree / ".config",
+        "Module.symvers": tree / "Module.symvers",
+        "System.map": tree / "System.map",
+    }
     missing = [f"{k} ({v})" for k, v in need.items() if not v.is_file()]
     if missing:
         raise KernelError(f"{spec.text}: not a built kernel tree, missing {', '.join(missing)}")
@@ -304,7 +336,14 @@ def _local(spec: Spec, quiet: bool) -> Kernel:
     installed = tree / "lib/modules" / release  # `make modules_install INSTALL_MOD_PATH=<tree>`
     modules = installed if installed.is_dir() else cache_dir("local", key, "modules", release)
     return Kernel(
-        spec=spec.text, name=f"local-{release}", release=release, package_version="local",
-        vmlinuz=need["bzImage"], modules_dir=modules, config=need["config"], headers=tree,
-        symvers=need["Module.symvers"], kallsyms=table,
+        spec=spec.text,
+        name=f"local-{release}",
+        release=release,
+        package_version="local",
+        vmlinuz=need["bzImage"],
+        modules_dir=modules,
+        config=need["config"],
+        headers=tree,
+        symvers=need["Module.symvers"],
+        kallsyms=table,
     )

@@ -26,8 +26,9 @@ class Annotation:
     section: str
 
 
-def read_annotations(img: ElfImage, syms: Any, strtab: bytes
-                     ) -> tuple[dict[int, Annotation], set[int]]:
+def read_annotations(
+    img: ElfImage, syms: Any, strtab: bytes
+) -> tuple[dict[int, Annotation], set[int]]:
     """({symbol index: annotation}, indexes of the sections to drop)."""
     import numpy as np
 
@@ -36,7 +37,7 @@ def read_annotations(img: ElfImage, syms: Any, strtab: bytes
     for sec in img.sections:
         if not sec.name.startswith(ANNOTATION_PREFIX):
             continue
-        obj = sec.name[len(ANNOTATION_PREFIX):]
+        obj = sec.name[len(ANNOTATION_PREFIX) :]
         dropped.add(sec.index)
         data = img.section_bytes(sec.index) if sec.type != SHT_NOBITS else b""
         for rel in img.sections:
@@ -45,11 +46,15 @@ def read_annotations(img: ElfImage, syms: Any, strtab: bytes
             dropped.add(rel.index)
             arr = img.relas(rel.index)
             for off, info in zip(arr["offset"].tolist(), arr["info"].tolist(), strict=True):
-                if off % ANNOTATION_ENTRY or off + ANNOTATION_ENTRY > len(data) or (
-                        info & 0xFFFFFFFF) != R_X86_64_64:
+                if (
+                    off % ANNOTATION_ENTRY
+                    or off + ANNOTATION_ENTRY > len(data)
+                    or (info & 0xFFFFFFFF) != R_X86_64_64
+                ):
                     raise UnsupportedElfError(
                         f"{img.path}: {sec.name}+{off:#x}: not a KLP_SYMPOS entry "
-                        "(packed {pointer, u32 sympos})")
+                        "(packed {pointer, u32 sympos})"
+                    )
                 index = info >> 32
                 (pos,) = struct.unpack_from("<I", data, off + 8)
                 name = cstring(strtab, int(syms["name"][index]))
@@ -58,7 +63,8 @@ def read_annotations(img: ElfImage, syms: Any, strtab: bytes
                 if old and (old.obj, old.sympos) != (obj, pos):
                     raise AmbiguousSymbolError(
                         f"{img.path}: '{name}' is annotated twice: {old.obj} position "
-                        f"{old.sympos} and {obj} position {pos}")
+                        f"{old.sympos} and {obj} position {pos}"
+                    )
                 found[index] = note
     if dropped:
         # symbols defined in a dropped section disappear with it; nothing else may use them
@@ -67,13 +73,17 @@ def read_annotations(img: ElfImage, syms: Any, strtab: bytes
         if gone.any():
             used = set(np.flatnonzero(gone).tolist())
             for rel in img.sections:
-                if rel.type == SHT_RELA and rel.index not in dropped and (
-                        rel.link == img.symtab_index):
+                if (
+                    rel.type == SHT_RELA
+                    and rel.index not in dropped
+                    and (rel.link == img.symtab_index)
+                ):
                     arr = img.relas(rel.index)
                     refs = set((arr["info"] >> np.uint64(32)).tolist()) & used
                     if refs:
                         name = cstring(strtab, int(syms["name"][refs.pop()]))
                         raise UnsupportedElfError(
                             f"{img.path}: {rel.name} refers to '{name}' of an annotation "
-                            "section; annotation arrays must not be used by the module")
+                            "section; annotation arrays must not be used by the module"
+                        )
     return found, dropped

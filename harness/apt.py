@@ -223,8 +223,13 @@ class AptRoot:
         return self.root / "state" / "lists"
 
     def setup(self) -> None:
-        for sub in ("etc/sources.list.d", "etc/preferences.d", "state/lists/partial",
-                    "cache/archives/partial", "pins"):
+        for sub in (
+            "etc/sources.list.d",
+            "etc/preferences.d",
+            "state/lists/partial",
+            "cache/archives/partial",
+            "pins",
+        ):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         etc = self.root / "etc"
         want = private_sources(self.mirrors)
@@ -237,8 +242,10 @@ class AptRoot:
         (self.root / "state" / "status").touch()  # an empty dpkg status: nothing installed
         # The host's hooks (appstream, packagekit) must not run for our updates.
         conf = etc / "apt.conf"
-        hooks = ("#clear APT::Update::Post-Invoke-Success;\n"
-                 "#clear APT::Update::Post-Invoke;\n#clear DPkg::Post-Invoke;\n")
+        hooks = (
+            "#clear APT::Update::Post-Invoke-Success;\n"
+            "#clear APT::Update::Post-Invoke;\n#clear DPkg::Post-Invoke;\n"
+        )
         if not conf.is_file() or conf.read_text() != hooks:
             atomic_write_text(conf, hooks)
 
@@ -282,14 +289,21 @@ class AptRoot:
             print("klp-harness: updating the private apt lists", file=sys.stderr)
         proc = subprocess.run(
             ["apt-get", *self.options(), "-q", "update"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
         self.updated = True
-        errors = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
-                  if ln.startswith(("E:", "Err:"))]
+        errors = [
+            ln
+            for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
+            if ln.startswith(("E:", "Err:"))
+        ]
         if proc.returncode != 0 or errors:
-            raise KernelError(f"apt-get update of the private root {self.root} failed: "
-                              + (errors[-1] if errors else proc.stderr.strip()[-300:]))
+            raise KernelError(
+                f"apt-get update of the private root {self.root} failed: "
+                + (errors[-1] if errors else proc.stderr.strip()[-300:])
+            )
         (self.lists / ".stamp").touch()
 
     def ensure_fresh(self, quiet: bool = False) -> None:
@@ -302,14 +316,17 @@ class AptRoot:
         except KernelError as err:
             if age is None:
                 raise
-            print(f"klp-harness: warning: {err}; using lists {age / 3600:.0f} h old",
-                  file=sys.stderr)
+            print(
+                f"klp-harness: warning: {err}; using lists {age / 3600:.0f} h old", file=sys.stderr
+            )
 
     def show(self, package: str, pins: dict[str, int] | None = None) -> dict[str, str] | None:
         """The control record of `package` (`name` = apt's candidate, `name=version` exact)."""
         proc = subprocess.run(
             ["apt-cache", *self.options(pins), "show", "--no-all-versions", package],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             if "No packages found" in proc.stderr or "Unable to locate" in proc.stderr:
@@ -325,17 +342,29 @@ class AptRoot:
         tty = sys.stderr.isatty() and not quiet
         with tempfile.TemporaryDirectory(dir=dest, prefix=".dl.") as tmp:
             proc = subprocess.run(
-                ["apt-get", *self.options(), *([] if tty else ["-q"]), "download",
-                 *(f"{n}={v}" for n, v in wanted)],
-                cwd=tmp, stdin=subprocess.DEVNULL, text=True,
+                [
+                    "apt-get",
+                    *self.options(),
+                    *([] if tty else ["-q"]),
+                    "download",
+                    *(f"{n}={v}" for n, v in wanted),
+                ],
+                cwd=tmp,
+                stdin=subprocess.DEVNULL,
+                text=True,
                 stdout=sys.stderr if tty else subprocess.PIPE,
                 stderr=None if tty else subprocess.PIPE,
             )
             if proc.returncode != 0:
-                lines = [ln for ln in f"{proc.stdout or ''}\n{proc.stderr or ''}".splitlines()
-                         if ln.startswith(("E:", "Err:"))]
-                raise KernelError("download failed: " + (lines[-1] if lines else
-                                  f"apt-get download exited {proc.returncode}"))
+                lines = [
+                    ln
+                    for ln in f"{proc.stdout or ''}\n{proc.stderr or ''}".splitlines()
+                    if ln.startswith(("E:", "Err:"))
+                ]
+                raise KernelError(
+                    "download failed: "
+                    + (lines[-1] if lines else f"apt-get download exited {proc.returncode}")
+                )
             for deb in Path(tmp).glob("*.deb"):
                 shutil.move(str(deb), dest / deb.name)
 

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from harness import __version__
 from harness.cache import cache_dir, cache_root, locked, staged_dir
 from harness.convert import ConvertReport, convert_module
 from harness.errors import BuildError
-from harness.expect import Sample
+from harness.expect import Sample, required_sample
 from harness.kernel import Kernel
 from harness.symbols import SymbolTable, load_symvers
 from harness.toolchain import select
@@ -42,6 +43,7 @@ class BuiltModule:
     left_alone: tuple[str, ...]  # undefined symbols the kernel exports
     cached: bool
     seconds: float
+    fingerprint: str = ""
 
 
 def modpost_undefined(log_text: str) -> list[str]:
@@ -53,9 +55,13 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _fingerprint(kernel: Kernel, sample: Sample, toolchain: str) -> str:
+def _fingerprint(
+    kernel: Kernel, sample: Sample, toolchain: str, deps: Mapping[str, BuiltModule]
+) -> str:
     digest = hashlib.sha256()
-    for part in (__version__, kernel.name, kernel.package_version, toolchain, repr(sample.convert)):
+    parts = [__version__, kernel.name, kernel.package_version, toolchain, repr(sample.convert)]
+    parts += [f"{name}={dep.fingerprint}" for name, dep in sorted(deps.items())]
+    for part in parts:
         digest.update(part.encode() + b"\0")
     files = sorted(p for p in sample.path.rglob("*") if p.is_file())
     files += sorted(INCLUDE_DIR.glob("*.h"))
@@ -71,8 +77,21 @@ def _symbol_data(kallsyms: Path, symvers: Path) -> tuple[SymbolTable, frozenset[
     return SymbolTable.load(kallsyms), frozenset(load_symvers(symvers))
 
 
+def _sympos(symtab: SymbolTable, wanted: Mapping[str, int | str]) -> dict[str, int]:
+    """Positions from expect.toml; "last" is the highest position of that name in vmlinux."""
+    return {
+        name: len(symtab.candidates(name)) if pos == "last" else int(pos)
+        for name, pos in wanted.items()
+    }
+
+
 def _convert(
-    kernel: Kernel, sample: Sample, raw: Path, out: Path, undefined: list[str]
+    kernel: Kernel,
+    sample: Sample,
+    raw: Path,
+    out: Path,
+    undefined: list[str],
+    deps: Mapping[str, BuiltModule],
 ) -> ConvertReport:
     symtab, exports = _symbol_data(kernel.kallsyms, kernel.symvers)
     wanted = list(sample.convert.symbols)
@@ -88,7 +107,8 @@ def _convert(
         symtab=symtab,
         exports=set(exports),
         symbols=wanted or None,
-        sympos=dict(sample.convert.sympos),
+        sympos=_sympos(symtab, sample.convert.sympos),
+        object_symbols={obj: deps[name].ko for obj, name in sample.convert.object_symbols.items()},
         force=sample.convert.force,
     )
 
@@ -125,12 +145,28 @@ def _read_stamp(directory: Path) -> dict[str, str] | None:
     return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
-def build_module(kernel: Kernel, sample: Sample) -> BuiltModule:
-    """Build and convert `sample` for `kernel`, or return the cached result when nothing changed."""
+def build_with_requirements(
+    kernel: Kernel, sample: Sample
+) -> tuple[BuiltModule, tuple[BuiltModule, ...]]:
+    """`sample` and, first, the samples it requires (to load before it, or to read symbols of)."""
+    needed = list(dict.fromkeys([*sample.requires, *sample.convert.object_symbols.values()]))
+    deps = {name: build_module(kernel, required_sample(sample, name)) for name in needed}
+    built = build_module(kernel, sample, deps)
+    return built, tuple(deps[name] for name in sample.requires)
+
+
+def build_module(
+    kernel: Kernel, sample: Sample, deps: Mapping[str, BuiltModule] | None = None
+) -> BuiltModule:
+    """Build and convert `sample` for `kernel`, or return the cached result when nothing changed.
+
+    `deps` holds the built samples that `sample`'s object_symbols name.
+    """
+    deps = deps or {}
     start = time.monotonic()
     toolchain = select(kernel).description
     final = cache_dir("builds", kernel.name) / sample.name
-    fingerprint = _fingerprint(kernel, sample, toolchain)
+    fingerprint = _fingerprint(kernel, sample, toolchain, deps)
     with locked(final):
         stamp = _read_stamp(final)
         if stamp and stamp.get("fingerprint") == fingerprint:
@@ -144,7 +180,7 @@ def build_module(kernel: Kernel, sample: Sample) -> BuiltModule:
                 raise BuildError(f"{sample.name}: kbuild made no {raw.name} (log: {log})")
             out = work / "klp" / raw.name
             out.parent.mkdir()
-            report = _convert(kernel, sample, raw, out, undefined)
+            report = _convert(kernel, sample, raw, out, undefined, deps)
             converted = [f"{c.obj}.{c.name},{c.sympos}" for c in report.converted]
             missing = sorted(set(undefined) - {c.name for c in report.converted})
             if missing:
@@ -176,4 +212,5 @@ def _result(
         left_alone=tuple(stamp.get("left_alone", "").split()),
         cached=cached,
         seconds=seconds,
+        fingerprint=stamp.get("fingerprint", ""),
     )

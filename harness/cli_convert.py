@@ -16,30 +16,52 @@ VERDICT_EXIT = 1  # `inspect` found a symbol the kernel would not resolve
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "convert", help="turn references to unexported kernel symbols into klp relocations",
+        "convert",
+        help="turn references to unexported kernel symbols into klp relocations",
         description="Rewrite a module (<mod>.o before modpost, or .ko) so every reference to an "
-        "unexported kernel symbol becomes a klp relocation the kernel (>= 5.8) resolves at load.")
+        "unexported kernel symbol becomes a klp relocation the kernel (>= 5.8) resolves at load.",
+    )
     p.add_argument("module", type=Path, help="x86-64 relocatable ELF (.o or .ko)")
     p.add_argument("-o", "--output", type=Path, help="output file (written atomically)")
     p.add_argument("-i", "--in-place", action="store_true", help="rewrite MODULE itself")
     _target_args(p)
-    p.add_argument("--symvers", type=Path, metavar="FILE",
-                   help="the target's Module.symvers: symbols absent from it are converted")
-    p.add_argument("--symbol", action="append", default=[], metavar="NAME",
-                   help="convert only NAME (repeatable)")
-    p.add_argument("--sympos", action="append", default=[], metavar="NAME=N",
-                   help="kallsyms position of NAME (1-based; 0 = must be unique)")
-    p.add_argument("--force", action="store_true",
-                   help="convert --symbol names even when missing from the symbol table or "
-                   "when the position is out of range (to provoke the kernel's own refusal)")
+    p.add_argument(
+        "--symvers",
+        type=Path,
+        metavar="FILE",
+        help="the target's Module.symvers: symbols absent from it are converted",
+    )
+    p.add_argument(
+        "--symbol",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="convert only NAME (repeatable)",
+    )
+    p.add_argument(
+        "--sympos",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="kallsyms position of NAME (1-based; 0 = must be unique)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="convert --symbol names even when missing from the symbol table or "
+        "when the position is out of range (to provoke the kernel's own refusal)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="say what was left alone")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_convert)
 
-    q = sub.add_parser("inspect", help="list klp relocations and judge them offline",
-                       description="List a module's klp relocations and, given the target's "
-                       "symbol table, say what the kernel's resolver will do with each symbol. "
-                       f"Exits {VERDICT_EXIT} when any symbol would not resolve.")
+    q = sub.add_parser(
+        "inspect",
+        help="list klp relocations and judge them offline",
+        description="List a module's klp relocations and, given the target's "
+        "symbol table, say what the kernel's resolver will do with each symbol. "
+        f"Exits {VERDICT_EXIT} when any symbol would not resolve.",
+    )
     q.add_argument("module", type=Path)
     _target_args(q)
     q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -48,10 +70,19 @@ def register(sub: Any) -> None:
 
 def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", metavar="SPEC", help="target kernel (e.g. debian:bookworm)")
-    p.add_argument("--system-map", type=Path, metavar="FILE",
-                   help="the target's System.map or a saved /proc/kallsyms")
-    p.add_argument("--object-symbols", action="append", default=[], metavar="NAME=PATH.ko",
-                   help="symbols of module object NAME (livepatch modules only; repeatable)")
+    p.add_argument(
+        "--system-map",
+        type=Path,
+        metavar="FILE",
+        help="the target's System.map or a saved /proc/kallsyms",
+    )
+    p.add_argument(
+        "--object-symbols",
+        action="append",
+        default=[],
+        metavar="NAME=PATH.ko",
+        help="symbols of module object NAME (livepatch modules only; repeatable)",
+    )
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
@@ -80,8 +111,10 @@ def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, set
     symvers: Path | None = getattr(args, "symvers", None)
     if args.kernel:
         if system_map or symvers:
-            raise UsageError("--kernel already names the symbol table and Module.symvers; "
-                             "do not combine it with --system-map/--symvers")
+            raise UsageError(
+                "--kernel already names the symbol table and Module.symvers; "
+                "do not combine it with --system-map/--symvers"
+            )
         from harness.acquire import acquire  # the kernel layer, imported only when asked for
 
         kernel = acquire(args.kernel)
@@ -100,27 +133,52 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.in_place == bool(args.output):
         raise UsageError("give exactly one of -o OUT and -i (in place)")
     if not args.symvers and not args.symbol and not args.kernel:
-        raise UsageError("say which symbols to convert: give --symvers FILE (convert what it "
-                         "does not export), --symbol NAME, or --kernel SPEC")
+        raise UsageError(
+            "say which symbols to convert: give --symvers FILE (convert what it "
+            "does not export), --symbol NAME, or --kernel SPEC"
+        )
     sympos = _sympos(args.sympos)
     objects = {name: Path(p) for name, p in _pairs(args.object_symbols, "--object-symbols")}
     dst = args.module if args.in_place else args.output
     if not args.in_place and dst.exists() and dst.resolve() == args.module.resolve():
         raise UsageError(f"{dst}: output is the input; use -i to rewrite in place")
     table, exports = _load_target(args, need_symbols=True)
-    report = convert_module(args.module, dst, symtab=table, exports=exports,
-                            symbols=args.symbol or None, sympos=sympos,
-                            object_symbols=objects, force=args.force)
+    report = convert_module(
+        args.module,
+        dst,
+        symtab=table,
+        exports=exports,
+        symbols=args.symbol or None,
+        sympos=sympos,
+        object_symbols=objects,
+        force=args.force,
+    )
     for warning in report.warnings:
         print(f"klp-harness: warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({
-            "output": str(report.output), "already_converted": report.already_converted,
-            "livepatch": report.livepatch, "left_alone": list(report.left_alone),
-            "warnings": list(report.warnings),
-            "converted": [{"object": c.obj, "name": c.name, "sympos": c.sympos,
-                           "relocations": c.relocations, "address": c.address,
-                           "klp_symbol": c.klp_name} for c in report.converted]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "output": str(report.output),
+                    "already_converted": report.already_converted,
+                    "livepatch": report.livepatch,
+                    "left_alone": list(report.left_alone),
+                    "warnings": list(report.warnings),
+                    "converted": [
+                        {
+                            "object": c.obj,
+                            "name": c.name,
+                            "sympos": c.sympos,
+                            "relocations": c.relocations,
+                            "address": c.address,
+                            "klp_symbol": c.klp_name,
+                        }
+                        for c in report.converted
+                    ],
+                },
+                indent=2,
+            )
+        )
         return 0
     if args.verbose:
         for name in report.left_alone:
@@ -131,8 +189,10 @@ def run_convert(args: argparse.Namespace) -> int:
     if report.already_converted:
         print(f"{args.module}: already converted, nothing to do")
     else:
-        print(f"{report.output}: converted {len(report.converted)} symbols, "
-              f"{report.relocations} relocations")
+        print(
+            f"{report.output}: converted {len(report.converted)} symbols, "
+            f"{report.relocations} relocations"
+        )
     return 0
 
 
@@ -149,8 +209,15 @@ def run_inspect(args: argparse.Namespace) -> int:
     relocs = inspect_module(args.module, table)
     judged = verdicts(relocs, table, is_livepatch_module(args.module))
     if args.json:
-        print(json.dumps({"relocations": [r.__dict__ for r in relocs],
-                          "verdicts": [v.to_json() for v in judged]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "relocations": [r.__dict__ for r in relocs],
+                    "verdicts": [v.to_json() for v in judged],
+                },
+                indent=2,
+            )
+        )
     elif not relocs:
         print(f"{args.module}: no klp relocations")
     else:

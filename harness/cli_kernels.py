@@ -18,8 +18,7 @@ INFO_OPTIONS = ("LIVEPATCH", "KALLSYMS_ALL", "MODULE_SIG_FORCE")
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("kernels", help="list, fetch and describe kernels")
-    ksub = parser.add_subparsers(dest="kernels_command", required=True,
-                                 parser_class=type(parser))
+    ksub = parser.add_subparsers(dest="kernels_command", required=True, parser_class=type(parser))
     p = ksub.add_parser("list", help="kernels declared in kernels/ and which are cached")
     p.set_defaults(func=run_list)
     p = ksub.add_parser("fetch", help="download and prepare a kernel (debian:bookworm, ...)")
@@ -50,15 +49,19 @@ def run_list(args: argparse.Namespace) -> int:
 def run_fetch(args: argparse.Namespace) -> int:
     start = time.monotonic()
     kernel = acquire(args.spec, quiet=args.quiet)
-    print(f"{kernel.name} {kernel.package_version}: {kernel.vmlinuz} "
-          f"({time.monotonic() - start:.1f} s)")
+    print(
+        f"{kernel.name} {kernel.package_version}: {kernel.vmlinuz} "
+        f"({time.monotonic() - start:.1f} s)"
+    )
     return 0
 
 
 def describe(kernel: Kernel) -> list[tuple[str, str]]:
     """The `kernels info` rows."""
     rows = [
-        ("spec", kernel.spec), ("name", kernel.name), ("release", kernel.release),
+        ("spec", kernel.spec),
+        ("name", kernel.name),
+        ("release", kernel.release),
         ("package version", kernel.package_version),
     ]
     rows += [("package", p) for p in kernel.packages]

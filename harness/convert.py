@@ -87,8 +87,11 @@ def _undefined(img: ElfImage, syms: Any, strtab: bytes, weak: bool) -> dict[str,
     import numpy as np
 
     binds = syms["info"] >> 4
-    ok = (syms["shndx"] == SHN_UNDEF) & (syms["name"] != 0) & (
-        (binds == STB_GLOBAL) | ((binds == STB_WEAK) if weak else False))
+    ok = (
+        (syms["shndx"] == SHN_UNDEF)
+        & (syms["name"] != 0)
+        & ((binds == STB_GLOBAL) | ((binds == STB_WEAK) if weak else False))
+    )
     ok[0] = False
     out: dict[str, int] = {}
     for idx in np.flatnonzero(ok).tolist():
@@ -108,8 +111,15 @@ class _Choice:
 
 
 class _Planner:
-    def __init__(self, img: ElfImage, symtab: SymbolTable, sympos: Mapping[str, int],
-                 annotations: dict[int, Annotation], force: bool, forced_names: set[str]):
+    def __init__(
+        self,
+        img: ElfImage,
+        symtab: SymbolTable,
+        sympos: Mapping[str, int],
+        annotations: dict[int, Annotation],
+        force: bool,
+        forced_names: set[str],
+    ):
         self.img, self.symtab, self.sympos = img, symtab, sympos
         self.annotations, self.force, self.forced = annotations, force, forced_names
         self.livepatch = img.is_livepatch()
@@ -123,35 +133,44 @@ class _Planner:
         if obj != VMLINUX and not self.livepatch:
             raise ModuleTargetError(
                 f"{path}: '{name}' is a symbol of module {obj}, but this is not a livepatch "
-                f"module: {SKIPPED_BY_ORDINARY}")
+                f"module: {SKIPPED_BY_ORDINARY}"
+            )
         if obj != VMLINUX and not self.symtab.has_object(obj):
             raise SymbolNotFoundError(
                 f"{path}: '{name}' targets module {obj}: give its symbols with "
-                f"--object-symbols {obj}=PATH.ko")
+                f"--object-symbols {obj}=PATH.ko"
+            )
         self.warnings += check_names(path, obj, name)
         cands = self.symtab.candidates(name, obj)
         forced = self.force and name in self.forced
         if not cands:
             if forced:
-                self.warnings.append(f"'{name}' is not in the symbol table of {obj}; "
-                                     "converted anyway (--force)")
+                self.warnings.append(
+                    f"'{name}' is not in the symbol table of {obj}; converted anyway (--force)"
+                )
                 return _Choice(index, name, obj, explicit or 0, None)
             raise SymbolNotFoundError(
                 f"{path}: '{name}' is not exported and not in the symbol table of {obj} "
-                f"({self.symtab.source})")
+                f"({self.symtab.source})"
+            )
         if explicit is None:
             if len(cands) > 1:
                 listed = ", ".join(c.describe() for c in cands)
                 raise AmbiguousSymbolError(
                     f"{path}: '{name}' occurs {len(cands)} times in {obj} (position, type, "
-                    f"address: {listed}); choose one with --sympos {name}=N or KLP_SYMPOS")
+                    f"address: {listed}); choose one with --sympos {name}=N or KLP_SYMPOS"
+                )
             explicit = 0
         elif explicit == 0 and len(cands) > 1:
-            self.warnings.append(f"'{name}' has {len(cands)} candidates in {obj} but sympos 0 "
-                                 "was asked for: the kernel will refuse it as ambiguous")
+            self.warnings.append(
+                f"'{name}' has {len(cands)} candidates in {obj} but sympos 0 "
+                "was asked for: the kernel will refuse it as ambiguous"
+            )
         elif explicit > len(cands):
-            msg = (f"sympos {explicit} for '{name}' but {obj} has only {len(cands)} "
-                   f"candidate(s): {', '.join(c.describe() for c in cands)}")
+            msg = (
+                f"sympos {explicit} for '{name}' but {obj} has only {len(cands)} "
+                f"candidate(s): {', '.join(c.describe() for c in cands)}"
+            )
             if not forced:
                 raise SymposRangeError(f"{path}: {msg}")
             self.warnings.append(f"{msg}; converted anyway (--force)")
@@ -169,18 +188,27 @@ class _Planner:
         if len(others) > 1:
             raise AmbiguousSymbolError(
                 f"{self.img.path}: '{name}' is defined in several modules ({', '.join(others)}) "
-                "and not in vmlinux; pick one with a KLP_MODULE_RELOC annotation")
+                "and not in vmlinux; pick one with a KLP_MODULE_RELOC annotation"
+            )
         return others[0] if others else VMLINUX
 
 
-def convert_module(src: Path, dst: Path, *, symtab: SymbolTable, exports: set[str] | None,
-                   symbols: Sequence[str] | None = None, sympos: Mapping[str, int] | None = None,
-                   object_symbols: Mapping[str, Path] | None = None,
-                   force: bool = False) -> ConvertReport:
+def convert_module(
+    src: Path,
+    dst: Path,
+    *,
+    symtab: SymbolTable,
+    exports: set[str] | None,
+    symbols: Sequence[str] | None = None,
+    sympos: Mapping[str, int] | None = None,
+    object_symbols: Mapping[str, Path] | None = None,
+    force: bool = False,
+) -> ConvertReport:
     """Convert `src` into `dst` (may be the same path). See the module docstring."""
     if exports is None and not symbols:
-        raise UsageError("say which symbols to convert: give a Module.symvers (exports) "
-                         "or symbol names")
+        raise UsageError(
+            "say which symbols to convert: give a Module.symvers (exports) or symbol names"
+        )
     src, dst = Path(src), Path(dst)
     sympos = dict(sympos or {})
     img = ElfImage.load(src)
@@ -209,27 +237,39 @@ def convert_module(src: Path, dst: Path, *, symtab: SymbolTable, exports: set[st
     missing = sorted(wanted - set(undefined) - existing)
     if missing:
         raise SymbolNotFoundError(
-            f"{src}: --symbol {missing[0]}: the module has no undefined symbol of that name")
-    warnings = [f"--sympos {n}: not converted here, ignored"
-                for n in sorted(set(sympos) - set(todo))]
+            f"{src}: --symbol {missing[0]}: the module has no undefined symbol of that name"
+        )
+    warnings = [
+        f"--sympos {n}: not converted here, ignored" for n in sorted(set(sympos) - set(todo))
+    ]
     if not todo and not dropped:
         already = bool(existing)
         if not already:
             warnings.append("nothing to convert")
         if src.resolve() != dst.resolve():
             _copy(src, dst)
-        return ConvertReport(src, dst, (), tuple(left_alone), already, tuple(warnings),
-                             img.is_livepatch())
+        return ConvertReport(
+            src, dst, (), tuple(left_alone), already, tuple(warnings), img.is_livepatch()
+        )
     planner = _Planner(img, symtab, sympos, annotations, force, wanted)
     choices = [planner.choose(idx, name) for name, idx in sorted(todo.items())]
     rewrite = Rewrite(img, syms, dropped)
     counts = rewrite.convert(
-        {c.index: (c.obj, klp_symbol_name(c.obj, c.name, c.sympos)) for c in choices})
+        {c.index: (c.obj, klp_symbol_name(c.obj, c.name, c.sympos)) for c in choices}
+    )
     rewrite.write(dst, mode=src.stat().st_mode & 0o777)
-    converted = tuple(ConvertedSymbol(c.obj, c.name, c.sympos, counts.get(c.index, 0), c.address)
-                      for c in choices)
-    return ConvertReport(src, dst, converted, tuple(left_alone), False,
-                         tuple(warnings + planner.warnings), planner.livepatch)
+    converted = tuple(
+        ConvertedSymbol(c.obj, c.name, c.sympos, counts.get(c.index, 0), c.address) for c in choices
+    )
+    return ConvertReport(
+        src,
+        dst,
+        converted,
+        tuple(left_alone),
+        False,
+        tuple(warnings + planner.warnings),
+        planner.livepatch,
+    )
 
 
 def _klp_names(img: ElfImage, syms: Any, strtab: bytes) -> list[str]:
@@ -258,7 +298,8 @@ def check_relocations(img: ElfImage, index: int, arr: Any, moved: Any, names: An
         sym = names(int(moved["info"][i] >> np.uint64(32)))
         raise RelocationTypeError(
             f"{img.path}: {sec.name}+{int(moved['offset'][i]):#x}: {reloc_name(int(types[i]))} "
-            f"against '{sym}' is refused by the x86-64 module loader")
+            f"against '{sym}' is refused by the x86-64 module loader"
+        )
     if target.type == SHT_NOBITS and len(moved):
         raise NotElfError(f"{img.path}: relocations in {sec.name} against a NOBITS section")
     widths = np.zeros(len(types), dtype=np.uint64)
@@ -266,4 +307,3 @@ def check_relocations(img: ElfImage, index: int, arr: Any, moved: Any, names: An
         widths[types == rtype] = width
     if len(moved) and bool(((moved["offset"] + widths) > np.uint64(target.size)).any()):
         raise NotElfError(f"{img.path}: a relocation in {sec.name} is outside {target.name}")
-

@@ -40,10 +40,21 @@ MAX_ALIGN = 1 << 20  # larger alignments only appear in corrupted files
 R_X86_64_NONE = 0
 RELOC_WIDTH = {1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}  # 64, PC32, PLT32, 32, 32S, PC64
 RELOC_NAMES = {
-    0: "R_X86_64_NONE", 1: "R_X86_64_64", 2: "R_X86_64_PC32", 3: "R_X86_64_GOT32",
-    4: "R_X86_64_PLT32", 5: "R_X86_64_COPY", 9: "R_X86_64_GOTPCREL", 10: "R_X86_64_32",
-    11: "R_X86_64_32S", 12: "R_X86_64_16", 13: "R_X86_64_PC16", 14: "R_X86_64_8",
-    15: "R_X86_64_PC8", 24: "R_X86_64_PC64", 41: "R_X86_64_GOTPCRELX",
+    0: "R_X86_64_NONE",
+    1: "R_X86_64_64",
+    2: "R_X86_64_PC32",
+    3: "R_X86_64_GOT32",
+    4: "R_X86_64_PLT32",
+    5: "R_X86_64_COPY",
+    9: "R_X86_64_GOTPCREL",
+    10: "R_X86_64_32",
+    11: "R_X86_64_32S",
+    12: "R_X86_64_16",
+    13: "R_X86_64_PC16",
+    14: "R_X86_64_8",
+    15: "R_X86_64_PC8",
+    24: "R_X86_64_PC64",
+    41: "R_X86_64_GOTPCRELX",
     42: "R_X86_64_REX_GOTPCRELX",
 }
 
@@ -55,11 +66,30 @@ def reloc_name(rtype: int) -> str:
 def _dtypes() -> tuple[Any, Any, Any]:
     import numpy as np  # lazily: the CLI starts faster for other sub-commands
 
-    shdr = np.dtype([("name", "<u4"), ("type", "<u4"), ("flags", "<u8"), ("addr", "<u8"),
-                     ("offset", "<u8"), ("size", "<u8"), ("link", "<u4"), ("info", "<u4"),
-                     ("addralign", "<u8"), ("entsize", "<u8")])
-    sym = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
-                    ("value", "<u8"), ("size", "<u8")])
+    shdr = np.dtype(
+        [
+            ("name", "<u4"),
+            ("type", "<u4"),
+            ("flags", "<u8"),
+            ("addr", "<u8"),
+            ("offset", "<u8"),
+            ("size", "<u8"),
+            ("link", "<u4"),
+            ("info", "<u4"),
+            ("addralign", "<u8"),
+            ("entsize", "<u8"),
+        ]
+    )
+    sym = np.dtype(
+        [
+            ("name", "<u4"),
+            ("info", "u1"),
+            ("other", "u1"),
+            ("shndx", "<u2"),
+            ("value", "<u8"),
+            ("size", "<u8"),
+        ]
+    )
     rela = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
     return shdr, sym, rela
 
@@ -151,10 +181,12 @@ class ElfImage:
             raise self._fail(f"bad ELF header ({err})") from None
         if machine != "EM_X86_64":
             raise UnsupportedElfError(
-                f"{self.path}: machine {machine}; only x86-64 (ELF64 little-endian) is supported")
+                f"{self.path}: machine {machine}; only x86-64 (ELF64 little-endian) is supported"
+            )
         if etype != "ET_REL":
             raise UnsupportedElfError(
-                f"{self.path}: ELF type {etype}, expected a relocatable object (.o or .ko)")
+                f"{self.path}: ELF type {etype}, expected a relocatable object (.o or .ko)"
+            )
         if self.shnum == 0 or self.shoff == 0:
             raise self._fail("no section header table (or extended section numbering)")
         if self.shentsize != SHDR_SIZE:
@@ -217,15 +249,16 @@ class ElfImage:
         if int(sec["type"]) == SHT_NOBITS:
             return b""
         start = int(sec["offset"])
-        return self.data[start:start + int(sec["size"])]
+        return self.data[start : start + int(sec["size"])]
 
     def symbols(self) -> npt.NDArray[Any]:
         """A writable copy of the symbol table, with every st_name and st_shndx checked."""
         import numpy as np
 
         sec = self.sections[self.symtab_index]
-        syms = np.frombuffer(self.data, dtype=self.sym_t, count=sec.size // SYM_SIZE,
-                             offset=sec.offset).copy()
+        syms = np.frombuffer(
+            self.data, dtype=self.sym_t, count=sec.size // SYM_SIZE, offset=sec.offset
+        ).copy()
         strsize = self.sections[self.strtab_index].size
         if syms.size and int(syms["name"].max()) >= max(strsize, 1):
             raise self._fail("a symbol name offset is past the string table")
@@ -240,7 +273,7 @@ class ElfImage:
         sec = self.sections[index]
         if sec.type == SHT_NOBITS:
             return memoryview(b"")
-        return self.view[sec.offset:sec.offset + sec.size]
+        return self.view[sec.offset : sec.offset + sec.size]
 
     def strtab(self) -> bytes:
         return self.section_bytes(self.strtab_index)
@@ -263,8 +296,9 @@ class ElfImage:
             raise self._fail(f"relocation section {sec.name} does not use the symbol table")
         if not 0 < sec.info < self.shnum:
             raise self._fail(f"relocation section {sec.name} sh_info {sec.info} out of range")
-        arr = np.frombuffer(self.data, dtype=self.rela_t, count=sec.size // RELA_SIZE,
-                            offset=sec.offset)
+        arr = np.frombuffer(
+            self.data, dtype=self.rela_t, count=sec.size // RELA_SIZE, offset=sec.offset
+        )
         if copy:
             arr = arr.copy()
         nsyms = self.sections[self.symtab_index].size // SYM_SIZE

@@ -45,8 +45,9 @@ def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
-def layout(ehdr: bytes, sections: Sequence[OutSection], shstrndx: int
-           ) -> list[bytes | bytearray | memoryview]:
+def layout(
+    ehdr: bytes, sections: Sequence[OutSection], shstrndx: int
+) -> list[bytes | bytearray | memoryview]:
     """The output as a list of chunks (header, padding, contents, section headers)."""
     count = len(sections) + 1  # plus the null section
     if count >= SHN_LORESERVE:
@@ -65,8 +66,18 @@ def layout(ehdr: bytes, sections: Sequence[OutSection], shstrndx: int
             if size:
                 chunks.append(sec.data)
             pos = offset + size
-        headers += _SHDR.pack(sec.name, sec.type, sec.flags, sec.addr, offset, size,
-                              sec.link, sec.info, sec.addralign, sec.entsize)
+        headers += _SHDR.pack(
+            sec.name,
+            sec.type,
+            sec.flags,
+            sec.addr,
+            offset,
+            size,
+            sec.link,
+            sec.info,
+            sec.addralign,
+            sec.entsize,
+        )
     shoff = _align(pos, 8)
     if shoff > pos:
         chunks.append(bytes(shoff - pos))
@@ -82,8 +93,9 @@ def layout(ehdr: bytes, sections: Sequence[OutSection], shstrndx: int
     return [head, *chunks]
 
 
-def atomic_write_chunks(path: Path, chunks: Sequence[bytes | bytearray | memoryview],
-                        mode: int = 0o644) -> None:
+def atomic_write_chunks(
+    path: Path, chunks: Sequence[bytes | bytearray | memoryview], mode: int = 0o644
+) -> None:
     """Write through a temp file beside `path` and rename it over; never a partial file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
@@ -99,6 +111,7 @@ def atomic_write_chunks(path: Path, chunks: Sequence[bytes | bytearray | memoryv
         raise
 
 
-def write_elf(path: Path, ehdr: bytes, sections: Sequence[OutSection], shstrndx: int,
-              mode: int = 0o644) -> None:
+def write_elf(
+    path: Path, ehdr: bytes, sections: Sequence[OutSection], shstrndx: int, mode: int = 0o644
+) -> None:
     atomic_write_chunks(path, layout(ehdr, sections, shstrndx), mode)

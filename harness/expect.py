@@ -37,13 +37,17 @@ class Expectation:
     resolved: tuple[str, ...] = ()  # names the module must report as resolved
     checks: tuple[GuestCheck, ...] = ()
     rmmod_dmesg: tuple[str, ...] = ()
+    taint: str = ""  # taint letters this module may add beyond O and E (K for a livepatch)
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
     symbols: tuple[str, ...] = ()  # empty: every undefined symbol the kernel does not export
-    sympos: Mapping[str, int] = field(default_factory=dict)
+    # A position, or "last": the highest position of that name in the kernel's table.
+    sympos: Mapping[str, int | str] = field(default_factory=dict)
     force: bool = False
+    # Module objects a livepatch module reaches: object name -> the sample that builds it.
+    object_symbols: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Sample:
     min_kernel: tuple[int, ...] | None
     convert: ConvertOptions
     cases: tuple[tuple[Condition, Expectation], ...]
+    requires: tuple[str, ...] = ()  # samples built first, loaded before this one, unloaded after
 
     def expectation(self, kernel: Kernel) -> Expectation:
         if self.min_kernel and kernel.version < self.min_kernel:
@@ -153,7 +158,7 @@ def _check(data: object, where: str) -> GuestCheck:
 def _expectation(data: object, where: str) -> tuple[Condition, Expectation]:
     if not isinstance(data, dict):
         raise ExpectationError(f"{where}: must be a table")
-    allowed = {"when", "outcome", "reason", "dmesg", "resolved", "check", "rmmod_dmesg"}
+    allowed = {"when", "outcome", "reason", "dmesg", "resolved", "check", "rmmod_dmesg", "taint"}
     _check_keys(data, allowed, where)
     outcome = data.get("outcome")
     if outcome not in OUTCOMES:
@@ -161,6 +166,9 @@ def _expectation(data: object, where: str) -> tuple[Condition, Expectation]:
     checks = data.get("check", [])
     if not isinstance(checks, list):
         raise ExpectationError(f"{where}: `check` must be an array of tables")
+    taint = data.get("taint", "")
+    if not isinstance(taint, str) or not re.fullmatch(r"[A-Z]*", taint):
+        raise ExpectationError(f'{where}: `taint` is a string of taint letters, e.g. "K"')
     expectation = Expectation(
         outcome=outcome,
         reason=str(data.get("reason", "")),
@@ -168,6 +176,7 @@ def _expectation(data: object, where: str) -> tuple[Condition, Expectation]:
         resolved=_strings(data.get("resolved"), f"{where}.resolved"),
         checks=tuple(_check(c, f"{where}.check[{i}]") for i, c in enumerate(checks)),
         rmmod_dmesg=_regexes(data.get("rmmod_dmesg"), f"{where}.rmmod_dmesg"),
+        taint=taint,
     )
     return _condition(data.get("when"), where), expectation
 
@@ -177,16 +186,20 @@ def _convert(data: object, where: str) -> ConvertOptions:
         return ConvertOptions()
     if not isinstance(data, dict):
         raise ExpectationError(f"{where}: must be a table")
-    _check_keys(data, {"symbols", "sympos", "force"}, where)
+    _check_keys(data, {"symbols", "sympos", "force", "object_symbols"}, where)
     sympos = data.get("sympos", {})
     if not isinstance(sympos, dict) or not all(
-        isinstance(v, int) and v >= 0 for v in sympos.values()
+        (isinstance(v, int) and v >= 0) or v == "last" for v in sympos.values()
     ):
-        raise ExpectationError(f"{where}.sympos: maps symbol names to positions >= 0")
+        raise ExpectationError(f'{where}.sympos: maps symbol names to positions >= 0 or "last"')
+    objects = data.get("object_symbols", {})
+    if not isinstance(objects, dict) or not all(isinstance(v, str) for v in objects.values()):
+        raise ExpectationError(f"{where}.object_symbols: maps module names to sample names")
     return ConvertOptions(
         symbols=_strings(data.get("symbols"), f"{where}.symbols"),
         sympos=dict(sympos),
         force=bool(data.get("force", False)),
+        object_symbols=dict(objects),
     )
 
 
@@ -200,7 +213,9 @@ def load_sample(path: Path) -> Sample:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ExpectationError(f"{file}: not valid TOML: {err}") from None
     where = str(file)
-    _check_keys(data, {"description", "module", "min_kernel", "convert", "expect"}, where)
+    _check_keys(
+        data, {"description", "module", "min_kernel", "convert", "expect", "requires"}, where
+    )
     module = data.get("module")
     if not isinstance(module, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", module):
         raise ExpectationError(f"{where}: `module` must name the .ko built by Kbuild")
@@ -215,6 +230,7 @@ def load_sample(path: Path) -> Sample:
         min_kernel=_version(data["min_kernel"], where) if "min_kernel" in data else None,
         convert=_convert(data.get("convert"), f"{where}: [convert]"),
         cases=tuple(_expectation(c, f"{where}: expect[{i}]") for i, c in enumerate(cases)),
+        requires=_strings(data.get("requires"), f"{where}: requires"),
     )
 
 
@@ -229,6 +245,14 @@ def find_sample(name_or_path: str) -> Sample:
     raise ExpectationError(
         f"{name_or_path}: not a sample in modules/ ({known}) nor a directory with {EXPECT_FILE}"
     )
+
+
+def required_sample(sample: Sample, name: str) -> Sample:
+    """A sample named by `requires` or `object_symbols`: a sibling directory, or a modules/ name."""
+    sibling = sample.path.parent / name
+    if (sibling / EXPECT_FILE).is_file():
+        return load_sample(sibling)
+    return find_sample(name)
 
 
 def all_samples() -> list[Sample]:

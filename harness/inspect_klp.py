@@ -68,14 +68,26 @@ def inspect_module(path: Path, symtab: SymbolTable | None = None) -> list[KlpRel
         secobj = parse_klp_rela(sec.name) or ""
         symi = (arr["info"] >> np.uint64(32)).tolist()
         types = (arr["info"] & np.uint64(0xFFFFFFFF)).tolist()
-        for idx, rtype, off, add in zip(symi, types, arr["offset"].tolist(),
-                                        arr["addend"].tolist(), strict=True):
+        for idx, rtype, off, add in zip(
+            symi, types, arr["offset"].tolist(), arr["addend"].tolist(), strict=True
+        ):
             full = cstring(strtab, int(syms["name"][idx]))
             parsed = parse_klp_symbol(full)
-            out.append(KlpReloc(
-                sec.name, secobj, target, full, parsed.obj if parsed else "",
-                parsed.name if parsed else full, parsed.sympos if parsed else 0,
-                reloc_name(rtype), off, add, int(syms["shndx"][idx]) == SHN_LIVEPATCH))
+            out.append(
+                KlpReloc(
+                    sec.name,
+                    secobj,
+                    target,
+                    full,
+                    parsed.obj if parsed else "",
+                    parsed.name if parsed else full,
+                    parsed.sympos if parsed else 0,
+                    reloc_name(rtype),
+                    off,
+                    add,
+                    int(syms["shndx"][idx]) == SHN_LIVEPATCH,
+                )
+            )
     return out
 
 
@@ -83,8 +95,9 @@ def is_livepatch_module(path: Path) -> bool:
     return ElfImage.load(Path(path)).is_livepatch()
 
 
-def verdicts(relocs: list[KlpReloc], symtab: SymbolTable | None = None,
-             livepatch: bool = False) -> list[Verdict]:
+def verdicts(
+    relocs: list[KlpReloc], symtab: SymbolTable | None = None, livepatch: bool = False
+) -> list[Verdict]:
     """One verdict per distinct klp symbol (first problem found wins), in first-use order."""
     by_symbol: dict[str, list[KlpReloc]] = {}
     for rel in relocs:
@@ -96,42 +109,65 @@ def _verdict(rels: list[KlpReloc], symtab: SymbolTable | None, livepatch: bool) 
     first = rels[0]
 
     def v(status: str, message: str, address: int | None = None) -> Verdict:
-        return Verdict(first.object, first.name, first.sympos, first.symbol, status, address,
-                       len(rels), message)
+        return Verdict(
+            first.object,
+            first.name,
+            first.sympos,
+            first.symbol,
+            status,
+            address,
+            len(rels),
+            message,
+        )
 
     if not all(r.livepatch_symbol for r in rels):
-        return v("not-livepatch-symbol", f"symbol {first.symbol} is not marked as a livepatch "
-                 "symbol (st_shndx != SHN_LIVEPATCH): the load fails")
+        return v(
+            "not-livepatch-symbol",
+            f"symbol {first.symbol} is not marked as a livepatch "
+            "symbol (st_shndx != SHN_LIVEPATCH): the load fails",
+        )
     if not first.object:
         return v("malformed", f"symbol {first.symbol} has an incorrectly formatted name")
     accepted = {reloc_name(t) for t in (0, *RELOC_WIDTH)}
     bad = [r for r in rels if r.type not in accepted]
     if bad:
-        return v("bad-type", f"{bad[0].type} in {bad[0].section}+{bad[0].offset:#x} is refused "
-                 "by the x86-64 module loader")
+        return v(
+            "bad-type",
+            f"{bad[0].type} in {bad[0].section}+{bad[0].offset:#x} is refused "
+            "by the x86-64 module loader",
+        )
     module_secs = sorted({r.section_object for r in rels if r.section_object != VMLINUX})
     if module_secs and not livepatch:
-        return v("skipped", f"in .klp.rela.{module_secs[0]}.*: an ordinary module's loader skips "
-                 "module-object klp relocations silently; the fields stay unrelocated")
+        return v(
+            "skipped",
+            f"in .klp.rela.{module_secs[0]}.*: an ordinary module's loader skips "
+            "module-object klp relocations silently; the fields stay unrelocated",
+        )
     note = ""
     if len(first.name) > KSYM_NAME_MAX_OLD:
         note = f" (name longer than {KSYM_NAME_MAX_OLD}: needs v6.1+)"
     if symtab is None:
         return v("unchecked", "no symbol table given" + note)
     if first.object != VMLINUX and not symtab.has_object(first.object):
-        return v("deferred", f"resolved when module {first.object} loads (no symbols given "
-                 "for it)" + note)
+        return v(
+            "deferred",
+            f"resolved when module {first.object} loads (no symbols given for it)" + note,
+        )
     res = symtab.resolve(first.name, first.sympos, first.object)
     status = res.status
     return v(status, res.message + note, res.address)
 
 
 def format_table(relocs: list[KlpReloc], verdict_list: list[Verdict] | None) -> str:
-    lines = [f"{'object':<10} {'symbol':<32} {'pos':>3} {'type':<15} {'section':<28} "
-             f"{'offset':>10} {'addend':>6}"]
+    lines = [
+        f"{'object':<10} {'symbol':<32} {'pos':>3} {'type':<15} {'section':<28} "
+        f"{'offset':>10} {'addend':>6}"
+    ]
     for r in relocs:
-        lines.append(f"{r.object or '?':<10} {r.name:<32} {r.sympos:>3} {r.type:<15} "
-                     f"{r.target:<28} {r.offset:>#10x} {r.addend:>6}")
+        lines.append(
+            f"{r.object or '?':<10} {r.name:<32} {r.sympos:>3} {r.type:<15} "
+            f"{r.target:<28} {r.offset:>#10x} {r.addend:>6}"
+        )
     if verdict_list is not None:
         lines.append("")
         for v in verdict_list:

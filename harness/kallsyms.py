@@ -43,8 +43,12 @@ def recover(vmlinuz: Path, out: Path, timeout: float = 600) -> Recovered:
     start = time.monotonic()
     try:
         proc = subprocess.run(
-            [TOOL, str(vmlinuz)], stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, errors="replace", timeout=timeout,
+            [TOOL, str(vmlinuz)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         raise KernelError(f"{TOOL} {vmlinuz}: no answer in {timeout:.0f} s") from None

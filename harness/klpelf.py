@@ -55,14 +55,18 @@ def check_names(path: object, obj: str, name: str) -> list[str]:
     if not obj or "." in obj or len(obj) > MODULE_NAME_MAX:
         raise UnsupportedElfError(
             f"{path}: object name {obj!r} cannot be encoded (at most {MODULE_NAME_MAX} "
-            "characters, no dot)")
+            "characters, no dot)"
+        )
     if "," in name or len(name) > KSYM_NAME_MAX:
         raise UnsupportedElfError(
             f"{path}: symbol name {name[:60]!r} cannot be encoded (a comma, or longer than "
-            f"{KSYM_NAME_MAX} characters)")
+            f"{KSYM_NAME_MAX} characters)"
+        )
     if len(name) > KSYM_NAME_MAX_OLD:
-        return [f"symbol name {name[:60]}... is longer than {KSYM_NAME_MAX_OLD} characters: "
-                "kernels before 6.1 cannot resolve it"]
+        return [
+            f"symbol name {name[:60]}... is longer than {KSYM_NAME_MAX_OLD} characters: "
+            "kernels before 6.1 cannot resolve it"
+        ]
     return []
 
 

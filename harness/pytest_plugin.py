@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import BuiltModule, build_module
+from harness.build import BuiltModule, build_with_requirements
 from harness.errors import HarnessError
 from harness.expect import find_sample
 from harness.guest import Guest
 from harness.kernel import Kernel
-from harness.results import ModuleResult
+from harness.results import NA, ModuleResult
 
 VM_TOOLS = {
     "vng": "pip install virtme-ng (ci/setup.sh does it)",
@@ -105,7 +105,7 @@ def klp_guest(klp_kernel: Kernel, klp_results_dir: Path) -> Iterator[Guest]:
 @pytest.fixture(scope="session")
 def klp_module(klp_kernel: Kernel) -> Callable[[str], BuiltModule]:
     def build(name_or_path: str) -> BuiltModule:
-        return build_module(klp_kernel, find_sample(name_or_path))
+        return build_with_requirements(klp_kernel, find_sample(name_or_path))[0]
 
     return build
 
@@ -119,6 +119,11 @@ def klp_step(
     def step(name_or_path: str) -> ModuleResult:
         sample = find_sample(name_or_path)
         expectation = sample.expectation(klp_kernel)
-        return run_step(klp_guest, klp_kernel, sample, expectation, klp_module(name_or_path))
+        if expectation.outcome == "not-applicable":
+            return ModuleResult(
+                sample.name, sample.module, NA, expectation.outcome, expectation.reason
+            )
+        built, required = build_with_requirements(klp_kernel, sample)
+        return run_step(klp_guest, sample, expectation, built, required)
 
     return step

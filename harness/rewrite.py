@@ -61,8 +61,10 @@ class Rewrite:
             if sec.index in self.dropped or sec.link != img.symtab_index:
                 continue
             if sec.type == SHT_REL and sec.size:
-                raise UnsupportedElfError(f"{img.path}: {sec.name}: SHT_REL relocations are "
-                                          "not used on x86-64 and not supported")
+                raise UnsupportedElfError(
+                    f"{img.path}: {sec.name}: SHT_REL relocations are "
+                    "not used on x86-64 and not supported"
+                )
             if sec.type != SHT_RELA:
                 continue
             if is_klp_rela(img, sec.index):
@@ -140,16 +142,39 @@ class Rewrite:
                     data = arr.tobytes()
             elif sec.type == SHT_GROUP and sym_map is not None:
                 data, info = self._group(i, sec_map), int(sym_map[info])
-            out.append(OutSection(sec.name_offset, sec.type, sec.flags, 0, link, info,
-                                  sec.addralign, sec.entsize, data, sec.size))
+            out.append(
+                OutSection(
+                    sec.name_offset,
+                    sec.type,
+                    sec.flags,
+                    0,
+                    link,
+                    info,
+                    sec.addralign,
+                    sec.entsize,
+                    data,
+                    sec.size,
+                )
+            )
         symtab_new = int(sec_map[img.symtab_index])
         for name, target, arr in self.new:
             offset = len(shstr)
             shstr += name.encode("latin-1") + b"\0"
             if sym_map is not None:
                 arr = _remap(arr, sym_map)
-            out.append(OutSection(offset, SHT_RELA, KLP_RELA_FLAGS, 0, symtab_new,
-                                  int(sec_map[target]), 8, 24, arr.tobytes()))
+            out.append(
+                OutSection(
+                    offset,
+                    SHT_RELA,
+                    KLP_RELA_FLAGS,
+                    0,
+                    symtab_new,
+                    int(sec_map[target]),
+                    8,
+                    24,
+                    arr.tobytes(),
+                )
+            )
         # the name table may have grown after its OutSection was made: rebind it
         new_shstrndx = int(sec_map[img.shstrndx])
         out[new_shstrndx - 1] = out[new_shstrndx - 1].with_data(shstr)
@@ -174,4 +199,3 @@ def _remap(arr: Any, sym_map: Any) -> Any:
     arr = arr.copy()
     arr["info"] = (sym_map[symi].astype(np.uint64) << shift) | (arr["info"] & np.uint64(0xFFFFFFFF))
     return arr
-

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.build import BuiltModule, build_module
+from harness.build import BuiltModule, build_with_requirements
 from harness.errors import BootError, HarnessError
 from harness.expect import Expectation, Sample
 from harness.kernel import Kernel
@@ -41,6 +41,7 @@ class Prepared:
     expectation: Expectation
     built: BuiltModule | None
     result: ModuleResult | None  # set when no guest step is needed (n/a, build failure)
+    required: tuple[BuiltModule, ...] = ()
 
 
 def describe_kernel(kernel: Kernel, result: KernelResult) -> None:
@@ -60,7 +61,7 @@ def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
         )
         return Prepared(sample, expectation, None, result)
     try:
-        built = build_module(kernel, sample)
+        built, required = build_with_requirements(kernel, sample)
     except HarnessError as err:
         result = ModuleResult(
             sample.name, sample.module, FAIL, expectation.outcome, f"build: {err}"
@@ -69,7 +70,7 @@ def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
         return Prepared(sample, expectation, None, result)
     state = "cached" if built.cached else f"built in {built.seconds:.1f} s"
     out(f"  {sample.name}: {state} with {built.toolchain}; converted {' '.join(built.converted)}")
-    return Prepared(sample, expectation, built, None)
+    return Prepared(sample, expectation, built, None, required)
 
 
 def _not_run(item: Prepared) -> ModuleResult:
@@ -114,7 +115,7 @@ def run_kernel(
                 out(f"{spec}: booted under {guest.accel} in {guest.boot_seconds:.1f} s")
                 for item in pending:
                     assert item.built is not None
-                    step = run_step(guest, kernel, item.sample, item.expectation, item.built)
+                    step = run_step(guest, item.sample, item.expectation, item.built, item.required)
                     results[item.sample.name] = step
                     out(f"  {item.sample.name}: {step.outcome} {step.reason}".rstrip())
         except BootError as err:

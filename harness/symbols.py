@@ -73,17 +73,23 @@ class SymbolTable:
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) not in (3, 4) or len(parts[1]) != 1 or (
-                    len(parts) == 4 and not (parts[3].startswith("[") and parts[3].endswith("]"))):
-                hint = " (Debian's placeholder System.map? use the table recovered from vmlinuz)" \
-                    if "System.map" in line else ""
+            if (
+                len(parts) not in (3, 4)
+                or len(parts[1]) != 1
+                or (len(parts) == 4 and not (parts[3].startswith("[") and parts[3].endswith("]")))
+            ):
+                hint = (
+                    " (Debian's placeholder System.map? use the table recovered from vmlinuz)"
+                    if "System.map" in line
+                    else ""
+                )
                 raise SymbolFileError(
-                    f"{source}:{lineno}: not a System.map/kallsyms line: {line[:80]!r}{hint}")
+                    f"{source}:{lineno}: not a System.map/kallsyms line: {line[:80]!r}{hint}"
+                )
             try:
                 address = int(parts[0], 16)
             except ValueError:
-                raise SymbolFileError(
-                    f"{source}:{lineno}: bad address {parts[0][:40]!r}") from None
+                raise SymbolFileError(f"{source}:{lineno}: bad address {parts[0][:40]!r}") from None
             if address >= 1 << 64:
                 raise SymbolFileError(f"{source}:{lineno}: address wider than 64 bits")
             nonzero = nonzero or address != 0
@@ -95,7 +101,8 @@ class SymbolTable:
         if not nonzero:
             raise SymbolFileError(
                 f"{source}: every address is zero (kallsyms read without root?); "
-                "positions and verdicts need real addresses")
+                "positions and verdicts need real addresses"
+            )
         return table
 
     def add_object(self, name: str, symbols: Iterable[tuple[str, int, str]]) -> None:
@@ -117,12 +124,12 @@ class SymbolTable:
         return [obj for obj, names in self.objects.items() if name in names]
 
     def resolve(self, name: str, sympos: int, obj: str = VMLINUX) -> Resolution:
-        return resolve(self.candidates(name, obj), name, sympos, obj,
-                       relative=obj in self.relative)
+        return resolve(self.candidates(name, obj), name, sympos, obj, relative=obj in self.relative)
 
 
-def resolve(cands: list[Candidate], name: str, sympos: int, obj: str,
-            relative: bool = False) -> Resolution:
+def resolve(
+    cands: list[Candidate], name: str, sympos: int, obj: str, relative: bool = False
+) -> Resolution:
     """Mirror klp_find_callback()/klp_find_object_symbol(): including that a match at
     address 0 counts as "not found", and that the search stops at the wanted position.
     `relative`: addresses are offsets in a module not yet loaded (0 is a real place)."""
@@ -137,16 +144,25 @@ def resolve(cands: list[Candidate], name: str, sympos: int, obj: str,
     found = tuple(cands)
     if not matched or (address == 0 and not relative):
         why = f" (listed at address 0: {listed})" if cands else ""
-        return Resolution("not-found", None, found,
-                          f"symbol '{name}' not found in symbol table{why}")
+        return Resolution(
+            "not-found", None, found, f"symbol '{name}' not found in symbol table{why}"
+        )
     if count > 1 and sympos == 0:
-        return Resolution("ambiguous", None, found,
-                          f"unresolvable ambiguity for symbol '{name}' in object '{obj}': "
-                          f"{len(cands)} candidates, positions {listed}")
+        return Resolution(
+            "ambiguous",
+            None,
+            found,
+            f"unresolvable ambiguity for symbol '{name}' in object '{obj}': "
+            f"{len(cands)} candidates, positions {listed}",
+        )
     if sympos > 0 and sympos != count:
-        return Resolution("position-too-large", None, found,
-                          f"symbol position {sympos} for symbol '{name}' in object '{obj}' "
-                          f"not found ({len(cands)} candidate(s))")
+        return Resolution(
+            "position-too-large",
+            None,
+            found,
+            f"symbol position {sympos} for symbol '{name}' in object '{obj}' "
+            f"not found ({len(cands)} candidate(s))",
+        )
     where = f"offset {address:#x} in {obj}" if relative else f"{address:#018x}"
     return Resolution("resolves", address, found, f"resolves to {where}")
 
@@ -172,7 +188,8 @@ def load_symvers(path: Path) -> set[str]:
         if len(fields) < 4 or not crc.startswith("0x") or not fields[1] or not fields[3]:
             raise SymbolFileError(
                 f"{path}:{lineno}: not a Module.symvers line "
-                f"(crc, symbol, module, export type, tab-separated): {line[:80]!r}")
+                f"(crc, symbol, module, export type, tab-separated): {line[:80]!r}"
+            )
         try:
             int(crc, 16)
         except ValueError:
@@ -202,9 +219,13 @@ def module_symbols(path: Path) -> list[tuple[str, int, str]]:
     strtab = img.strtab()
     out: list[tuple[str, int, str]] = []
     pcpu = next((s.index for s in img.sections if s.name == ".data..percpu"), -1)
-    for name_off, info, shndx, value in zip(syms["name"].tolist(), syms["info"].tolist(),
-                                            syms["shndx"].tolist(), syms["value"].tolist(),
-                                            strict=True):
+    for name_off, info, shndx, value in zip(
+        syms["name"].tolist(),
+        syms["info"].tolist(),
+        syms["shndx"].tolist(),
+        syms["value"].tolist(),
+        strict=True,
+    ):
         if not name_off or shndx == 0 or shndx >= SHN_LORESERVE:
             continue
         sec = img.sections[shndx]
