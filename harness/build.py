@@ -113,7 +113,12 @@ def _convert(
     )
 
 
-def _make(kernel: Kernel, workdir: Path, log: Path) -> str:
+def sympos_defines(positions: Mapping[str, int]) -> list[str]:
+    """`-DKLP_SYMPOS_<name>=N` for each chosen position, so a module can print what it got."""
+    return [f"-DKLP_SYMPOS_{re.sub(r'[^A-Za-z0-9_]', '_', n)}={p}" for n, p in positions.items()]
+
+
+def _make(kernel: Kernel, workdir: Path, log: Path, defines: list[str]) -> str:
     toolchain = select(kernel)
     argv = [
         "make",
@@ -122,7 +127,7 @@ def _make(kernel: Kernel, workdir: Path, log: Path) -> str:
         f"M={workdir}",
         "modules",
         "KBUILD_MODPOST_WARN=1",
-        f"KCFLAGS=-I{INCLUDE_DIR}",
+        " ".join([f"KCFLAGS=-I{INCLUDE_DIR}", *defines]),
     ]
     command = toolchain.command(argv, binds=[cache_root(), INCLUDE_DIR, workdir])
     proc = subprocess.run(command, capture_output=True, text=True, errors="replace")
@@ -174,7 +179,9 @@ def build_module(
         with staged_dir(final) as work:
             shutil.copytree(sample.path, work, dirs_exist_ok=True)
             log = work / "build.log"
-            undefined = modpost_undefined(_make(kernel, work, log))
+            symtab, _ = _symbol_data(kernel.kallsyms, kernel.symvers)
+            defines = sympos_defines(_sympos(symtab, sample.convert.sympos))
+            undefined = modpost_undefined(_make(kernel, work, log, defines))
             raw = work / f"{sample.module}.ko"
             if not raw.is_file():
                 raise BuildError(f"{sample.name}: kbuild made no {raw.name} (log: {log})")

@@ -20,3 +20,12 @@ def test_modpost_error_form_counts_too() -> None:
     line = 'ERROR: modpost: "foo" [/x/m.ko] undefined!\n'
     assert modpost_undefined(line) == ["foo"]
     assert modpost_undefined("nothing here\n") == []
+
+
+def test_sympos_defines_are_c_identifiers() -> None:
+    from harness.build import sympos_defines
+
+    assert sympos_defines({"foo": 3, "bar.cold": 2}) == [
+        "-DKLP_SYMPOS_foo=3",
+        "-DKLP_SYMPOS_bar_cold=2",
+    ]
