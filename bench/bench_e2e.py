@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Benchmark the whole run against plain virtme-ng boots, all measured in this one run.
+
+  (a) a bare `vng --run <vmlinuz> --exec true` boot (the same vng options the harness uses);
+  (b) the whole sample suite through klp-harness (one boot for every module), warm cache;
+  (c) one bare vng boot per sample module, each doing its insmod and rmmod.
+Prints b/a (target <= 1.3) and c/b, the cold first run (empty cache: fetch, extract, symbol
+table, builds) and the warm re-run overhead beyond guest time (target <= 3 s), and checks
+that the warm re-run fetched and built nothing.
+
+    python bench/bench_e2e.py [--kernel SPEC] [--skip-cold]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import harness.boot
+from harness import runner
+from harness.accel import choose_accel
+from harness.acquire import acquire
+from harness.boot import bootable_image, vng_command
+from harness.build import build_with_requirements
+from harness.expect import all_samples
+from harness.kernels import default_spec
+
+guest_seconds = 0.0
+_real_boot = harness.boot.boot
+
+
+@contextlib.contextmanager
+def _timed_boot(*args: Any, **kwargs: Any) -> Iterator[Any]:
+    """harness.boot.boot, adding the time from vng start to qemu exit to guest_seconds."""
+    global guest_seconds
+    start = time.monotonic()
+    try:
+        with _real_boot(*args, **kwargs) as guest:
+            yield guest
+    finally:
+        guest_seconds += time.monotonic() - start
+
+
+def bare_boot(vmlinuz: Path, accel: str, share: Path, script: str) -> float:
+    cmd = [*vng_command(vmlinuz, share, accel), "--exec", script]
+    start = time.monotonic()
+    subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=600, check=False)
+    return time.monotonic() - start
+
+
+def suite_run(spec: str, results: Path) -> tuple[float, float, list[str]]:
+    """Wall time, guest time and progress lines of one in-process `klp-harness run`."""
+    global guest_seconds
+    guest_seconds = 0.0
+    lines: list[str] = []
+    start = time.monotonic()
+    outcome = runner.run([spec], all_samples(), results, out=lines.append)
+    wall = time.monotonic() - start
+    if not outcome.ok:
+        raise SystemExit("the suite did not pass:\n" + "\n".join(lines))
+    return wall, guest_seconds, lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernel", default=default_spec())
+    parser.add_argument("--skip-cold", action="store_true", help="do not time an empty cache")
+    args = parser.parse_args()
+    harness.boot.boot = _timed_boot  # type: ignore[assignment]
+    work = Path(tempfile.mkdtemp(prefix="klp-bench-e2e-"))
+
+    if not args.skip_cold:
+        os.environ["KLP_HARNESS_CACHE"] = str(work / "cold-cache")
+        cold_wall, cold_guest, _ = suite_run(args.kernel, work / "cold")
+        del os.environ["KLP_HARNESS_CACHE"]
+        print(f"cold first run (empty cache):  {cold_wall:6.1f} s  (guest {cold_guest:.1f} s)")
+
+    kernel = acquire(args.kernel)
+    suite_run(args.kernel, work / "warmup")  # fill the real cache
+    warm_wall, warm_guest, lines = suite_run(args.kernel, work / "warm")
+    rebuilt = [line.strip() for line in lines if "built in" in line]
+    samples = all_samples()
+    accel = choose_accel(kernel.vmlinuz).accel
+    vmlinuz = bootable_image(kernel)
+    share = work / "share"
+    share.mkdir()
+    a = bare_boot(vmlinuz, accel, share, "true")
+    per_module = []
+    for sample in samples:
+        if sample.expectation(kernel).outcome == "not-applicable":
+            continue
+        built, required = build_with_requirements(kernel, sample)
+        loads = [f"insmod {shlex.quote(str(m.ko))}" for m in (*required, built)]
+        unloads = [f"rmmod {m.module}" for m in (built, *reversed(required))]
+        per_module.append(bare_boot(vmlinuz, accel, share, "; ".join(loads + unloads)))
+    c = sum(per_module)
+
+    print(f"accelerator:                   {accel}")
+    print(f"(a) bare vng boot:             {a:6.1f} s")
+    print(f"(b) suite via klp-harness:     {warm_wall:6.1f} s  ({len(samples)} samples, one boot)")
+    print(f"(c) one vng boot per module:   {c:6.1f} s  ({len(per_module)} boots)")
+    print(f"b/a = {warm_wall / a:.2f}  (target <= 1.3)")
+    print(f"c/b = {c / warm_wall:.2f}")
+    print(f"warm re-run overhead beyond guest time: {warm_wall - warm_guest:.2f} s (target <= 3 s)")
+    print(f"warm re-run rebuilt: {rebuilt or 'nothing'}")
+
+
+if __name__ == "__main__":
+    main()
