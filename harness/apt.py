@@ -138,6 +138,17 @@ def find_mirrors(sources: Iterable[AptSource], where: str = "/etc/apt") -> Mirro
     return Mirrors(debian, security)
 
 
+MIRROR_ENV = "KLP_HARNESS_MIRROR"
+
+
+def debian_mirror(etc: Path = Path("/etc/apt")) -> str:
+    """The main Debian mirror URI (for mmdebstrap): `$KLP_HARNESS_MIRROR`, else the host's."""
+    explicit = os.environ.get(MIRROR_ENV)
+    if explicit:
+        return explicit.rstrip("/")
+    return find_mirrors(read_host_sources(etc), str(etc)).debian.uris[0].rstrip("/")
+
+
 def private_sources(mirrors: Mirrors) -> str:
     """A deb822 sources file with every kernel suite, on the host's own mirrors."""
 

@@ -13,12 +13,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
+from harness.apt import MIRROR_ENV, debian_mirror
 from harness.cache import atomic_write_text, cache_dir, locked, staged_dir
-from harness.errors import ToolchainError
+from harness.errors import KernelError, ToolchainError
 
 # Which Debian suite ships which gcc major as its default compiler (kept as data).
 GCC_SUITES: dict[int, str] = {10: "bullseye", 12: "bookworm", 14: "trixie"}
@@ -28,8 +28,6 @@ GCC_SUITES: dict[int, str] = {10: "bullseye", 12: "bookworm", 14: "trixie"}
 BASE_PACKAGES: tuple[str, ...] = ("make", "libc6-dev", "libelf-dev", "bc", "kmod", "dwarves")
 
 MARKER = ".klp-harness-complete"
-MIRROR_ENV = "KLP_HARNESS_MIRROR"
-APT_SOURCES = Path("/etc/apt")
 CREATE_TIMEOUT = 1800
 
 # Runs inside a private mount namespace (`unshare --mount`): binds each host path at
@@ -60,90 +58,6 @@ def packages_for(suite: str) -> tuple[str, ...]:
     return (f"gcc-{majors[0]}", "gcc", *BASE_PACKAGES)
 
 
-@dataclass(frozen=True)
-class AptSource:
-    uri: str
-    suites: tuple[str, ...]
-
-
-def parse_deb822_sources(text: str) -> list[AptSource]:
-    """`deb` entries of a deb822 .sources file (disabled and deb-src entries skipped)."""
-    found: list[AptSource] = []
-    for paragraph in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = ""
-        for line in paragraph.splitlines():
-            if line.startswith("#") or not line.strip():
-                continue
-            if line[0].isspace() and key:
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split():
-            continue
-        if fields.get("enabled", "yes").lower() == "no":
-            continue
-        suites = tuple(fields.get("suites", "").split())
-        found += [AptSource(uri, suites) for uri in fields.get("uris", "").split()]
-    return found
-
-
-_ONE_LINE = re.compile(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)")
-
-
-def parse_one_line_sources(text: str) -> list[AptSource]:
-    """`deb` lines of a classic sources.list."""
-    found: list[AptSource] = []
-    for line in text.splitlines():
-        if m := _ONE_LINE.match(line.split("#", 1)[0].strip()):
-            found.append(AptSource(m.group(1), (m.group(2),)))
-    return found
-
-
-def _host_codename() -> str:
-    try:
-        text = Path("/etc/os-release").read_text()
-    except OSError:
-        return ""
-    m = re.search(r"^VERSION_CODENAME=\"?([^\"\n]*)", text, re.MULTILINE)
-    return m.group(1) if m else ""
-
-
-def pick_mirror(sources: Iterable[AptSource], codename: str) -> str | None:
-    """The archive the host installs its own release from: an entry listing the bare
-    codename (so not `-security`, not a third-party repository)."""
-    for source in sources:
-        if codename and codename in source.suites:
-            return source.uri.rstrip("/")
-    return None
-
-
-def debian_mirror() -> str:
-    """The Debian mirror from `$KLP_HARNESS_MIRROR`, else from the host's apt configuration."""
-    explicit = os.environ.get(MIRROR_ENV)
-    if explicit:
-        return explicit.rstrip("/")
-    sources: list[AptSource] = []
-    files = [APT_SOURCES / "sources.list", *sorted((APT_SOURCES / "sources.list.d").glob("*"))]
-    for path in files:
-        try:
-            if path.suffix == ".sources":
-                sources += parse_deb822_sources(path.read_text())
-            elif path.suffix == ".list":
-                sources += parse_one_line_sources(path.read_text())
-        except OSError:
-            continue
-    mirror = pick_mirror(sources, _host_codename())
-    if mirror is None:
-        raise ToolchainError(
-            f"cannot find the host's Debian mirror in {APT_SOURCES}/sources.list{{,.d}}; "
-            f"set {MIRROR_ENV}"
-        )
-    return mirror
-
-
 def buildroot_path(suite: str) -> Path:
     return cache_dir("buildroots") / suite
 
@@ -170,7 +84,10 @@ def ensure_buildroot(suite: str) -> Path:
         if _marker_ok(final, packages):  # another run made it while we waited
             return final
         _remove_stale(final)
-        mirror = debian_mirror()
+        try:
+            mirror = debian_mirror()
+        except KernelError as err:
+            raise ToolchainError(f"{err}; or set {MIRROR_ENV}") from None
         print(
             f"klp-harness: creating the {suite} build root with mmdebstrap (about 40 s) in {final}",
             file=sys.stderr,

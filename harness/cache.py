@@ -7,7 +7,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ENV_VAR = "KLP_HARNESS_CACHE"
@@ -65,12 +65,17 @@ def staged_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write via a temp file in the same directory and rename over `path`."""
+def atomic_write_chunks(
+    path: Path, chunks: Iterable[bytes | bytearray | memoryview], mode: int | None = None
+) -> None:
+    """Write `chunks` via a temp file in the same directory and rename it over `path`,
+    so `path` is never partial; `mode` (else mkstemp's 0600) is set before the rename."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -78,6 +83,10 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    atomic_write_chunks(path, [data], mode)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

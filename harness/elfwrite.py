@@ -8,14 +8,13 @@ never copied in memory.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+# atomic_write_chunks is re-exported: convert.py copies files with it.
+from harness.cache import atomic_write_chunks as atomic_write_chunks
 from harness.elfread import EHDR_SIZE, SHDR_SIZE, SHN_LORESERVE, SHT_NOBITS
 from harness.errors import UnsupportedElfError
 
@@ -91,24 +90,6 @@ def layout(
     struct.pack_into("<H", head, 0x3C, count)  # e_shnum
     struct.pack_into("<H", head, 0x3E, shstrndx)  # e_shstrndx
     return [head, *chunks]
-
-
-def atomic_write_chunks(
-    path: Path, chunks: Sequence[bytes | bytearray | memoryview], mode: int = 0o644
-) -> None:
-    """Write through a temp file beside `path` and rename it over; never a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_elf(

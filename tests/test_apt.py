@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from harness.apt import (
+    MIRROR_ENV,
     AptRoot,
+    debian_mirror,
     find_mirrors,
     parse_control,
     parse_deb822,
@@ -53,8 +55,13 @@ Enabled: no
 
 def test_one_line_format() -> None:
     srcs = parse_one_line(ONE_LINE)
-    assert [s.suites for s in srcs] == [("bookworm",), ("bookworm-updates",), ("bookworm",),
-                                       ("bookworm-security",), ("cloud-sdk",)]
+    assert [s.suites for s in srcs] == [
+        ("bookworm",),
+        ("bookworm-updates",),
+        ("bookworm",),
+        ("bookworm-security",),
+        ("cloud-sdk",),
+    ]
     assert srcs[0].components == ("main", "contrib")
     assert srcs[1].signed_by == "/usr/share/keyrings/x.gpg"
     assert srcs[2].types == ("deb-src",)
@@ -94,6 +101,52 @@ def test_no_mirror(tmp_path: Path) -> None:
     (tmp_path / "sources.list").write_text("deb https://vendor.example/apt cloud-sdk main\n")
     with pytest.raises(KernelError, match="no Debian mirror found"):
         find_mirrors(read_host_sources(tmp_path))
+    with pytest.raises(KernelError, match="no Debian mirror found"):
+        debian_mirror(tmp_path)
+
+
+# deb-src and security entries first: the mirror for mmdebstrap must skip both.
+DEB822_SRC_FIRST = """\
+Types: deb-src
+URIs: http://src.example/debian
+Suites: bookworm
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+"""
+
+
+def test_debian_mirror_skips_security_and_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(DEB822_SRC_FIRST)
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+
+
+def test_debian_mirror_from_one_line_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    text = (
+        "deb https://vendor.example/apt cloud-sdk-bookworm main\n"
+        "# deb http://old.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian/ bookworm main\n"
+    )
+    assert len(parse_one_line(text)) == 2  # the commented-out line is no entry
+    (tmp_path / "sources.list").write_text(text)
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"  # third party skipped
+
+
+def test_debian_mirror_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MIRROR_ENV, "http://mirror.example/debian/")
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"  # no host sources read
 
 
 def test_preferences_pin_other_suites_away() -> None:
@@ -106,9 +159,11 @@ def test_preferences_pin_other_suites_away() -> None:
 def test_control_and_depends() -> None:
     recs = parse_control("Package: a\nVersion: 1\nDescription: x\n more\n\nPackage: b\n")
     assert recs[0]["Description"] == "x\nmore" and recs[1]["Package"] == "b"
-    deps = parse_depends("linux-base-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), "
-                         "dracut | initramfs-tools (>= 0.120+deb8u2), linux-kbuild-6.1 (>= 6.1.1), "
-                         "gcc-14-for-host:any")
+    deps = parse_depends(
+        "linux-base-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), "
+        "dracut | initramfs-tools (>= 0.120+deb8u2), linux-kbuild-6.1 (>= 6.1.1), "
+        "gcc-14-for-host:any"
+    )
     assert [(d.name, d.op, d.version) for d in deps] == [
         ("linux-base-7.3.4+deb13-amd64", "=", "7.3.4-1~bpo13+1"),
         ("dracut", "", ""),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import buildroot, toolchain
+from harness.apt import debian_mirror
 from harness.errors import ToolchainError
 from harness.kernel import Kernel
 from harness.toolchain import CompilerVersion, parse_cc_version_text, suite_for
@@ -139,53 +140,6 @@ def test_select_without_cc_text_fails(tmp_path: Path) -> None:
         toolchain.select(kernel)
 
 
-# --- mirror -----------------------------------------------------------------------------
-
-DEB822 = """\
-Types: deb
-# http://snapshot.example/archive/debian/20250520T000000Z
-URIs: http://mirror.example/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: http://mirror.example/debian-security
-Suites: bookworm-security
-Components: main
-
-Types: deb-src
-URIs: http://src.example/debian
-Suites: bookworm
-"""
-
-
-def test_mirror_from_deb822_skips_security_and_sources() -> None:
-    found = buildroot.parse_deb822_sources(DEB822)
-    assert [s.uri for s in found] == [
-        "http://mirror.example/debian",
-        "http://mirror.example/debian-security",
-    ]
-    assert buildroot.pick_mirror(found, "bookworm") == "http://mirror.example/debian"
-
-
-def test_mirror_from_one_line_list() -> None:
-    text = (
-        "deb https://vendor.example/apt cloud-sdk-bookworm main\n"
-        "# deb http://old.example/debian bookworm main\n"
-        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian/ bookworm main\n"
-    )
-    found = buildroot.parse_one_line_sources(text)
-    assert len(found) == 2
-    assert buildroot.pick_mirror(found, "bookworm") == "http://mirror.example/debian"
-    assert buildroot.pick_mirror(found, "trixie") is None
-
-
-def test_mirror_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(buildroot.MIRROR_ENV, "http://mirror.example/debian/")
-    assert buildroot.debian_mirror() == "http://mirror.example/debian"
-
-
 # --- wrapper ----------------------------------------------------------------------------
 
 
@@ -253,7 +207,7 @@ def _fetch_7x_headers(work: Path) -> Path:
     (apt / "var/lib/dpkg/status").write_text("")
     keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
     (apt / "etc/apt/sources.list").write_text(
-        f"deb [signed-by={keyring}] {buildroot.debian_mirror()} trixie-backports main\n"
+        f"deb [signed-by={keyring}] {debian_mirror()} trixie-backports main\n"
     )
     opts = ["-o", f"Dir={apt}", "-o", f"Dir::State::status={apt}/var/lib/dpkg/status"]
     assert _run(["apt-get", *opts, "-q", "update"]).returncode == 0
