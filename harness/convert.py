@@ -280,7 +280,7 @@ def _klp_names(img: ElfImage, syms: Any, strtab: bytes) -> list[str]:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    from harness.elfwrite import atomic_write_chunks
+    from harness.cache import atomic_write_chunks
 
     atomic_write_chunks(dst, [src.read_bytes()], src.stat().st_mode & 0o777)
 

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# atomic_write_chunks is re-exported: convert.py copies files with it.
-from harness.cache import atomic_write_chunks as atomic_write_chunks
+from harness.cache import atomic_write_chunks
 from harness.elfread import EHDR_SIZE, SHDR_SIZE, SHN_LORESERVE, SHT_NOBITS
 from harness.errors import UnsupportedElfError
 
