@@ -27,6 +27,21 @@ def register(sub: Any) -> None:
         help="kernel spec, repeatable (default: the default kernel in kernels/)",
     )
     parser.add_argument(
+        "--matrix",
+        type=Path,
+        metavar="FILE",
+        help="run every kernel a kernels/*.toml file (or directory) declares, e.g. "
+        "kernels/debian.toml; adds to --kernel",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="kernels run at once (default: one per CPU core, as a TCG guest keeps one busy)",
+    )
+    parser.add_argument(
         "--module",
         action="append",
         default=[],
@@ -45,14 +60,21 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.kernels import default_spec
+    from harness.kernels import default_spec, load_matrix
+    from harness.runner import default_jobs
     from harness.runner import run as run_all
 
     samples = [find_sample(m) for m in args.module] if args.module else all_samples()
     if not samples:
         raise UsageError("no modules to run: modules/ is empty and no --module was given")
-    specs = args.kernel or [default_spec()]
-    results = run_all(specs, samples, args.results)
+    specs = list(args.kernel)
+    if args.matrix is not None:
+        specs += [d.spec for d in load_matrix(args.matrix)]
+    specs = list(dict.fromkeys(specs)) or [default_spec()]
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs takes a number >= 1")
+    jobs = min(len(specs), args.jobs or default_jobs())
+    results = run_all(specs, samples, args.results, jobs=jobs)
     print(format_table(results))
     print(f"\nresults: {results.path}")
     return 0 if results.ok else 1

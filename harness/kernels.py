@@ -158,6 +158,18 @@ def _decls_from(path: Path) -> list[KernelDecl]:
     return decls
 
 
+def load_matrix(path: Path) -> list[KernelDecl]:
+    """The kernels of one matrix: a kernels/*.toml file, or every file of a directory."""
+    if path.is_dir():
+        return load_declared(path)
+    if not path.is_file():
+        raise ExpectationError(f"{path}: no such matrix file")
+    decls = _decls_from(path)
+    if not decls:
+        raise ExpectationError(f"{path}: declares no [[kernel]]")
+    return decls
+
+
 def load_declared(dir: Path | None = None) -> list[KernelDecl]:
     """Every kernel declared in `dir` (default: the repository's kernels/), in file order."""
     root = dir if dir is not None else DEFAULT_DIR

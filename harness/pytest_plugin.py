@@ -41,6 +41,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="kernel to run the klp tests on (repeatable; default: the default kernel)",
     )
     group.addoption(
+        "--klp-matrix",
+        default=None,
+        metavar="FILE",
+        help="kernels/*.toml file for the `matrix` tests (default: kernels/debian.toml)",
+    )
+    group.addoption(
         "--klp-results",
         default=None,
         metavar="DIR",

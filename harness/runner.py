@@ -7,9 +7,12 @@ built for or booted ends with its reason, and the other kernels still run.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,19 +130,41 @@ def run_kernel(
     return result
 
 
+def default_jobs() -> int:
+    """Kernels run at once: a TCG guest keeps one core busy, so one per core."""
+    return max(1, os.cpu_count() or 1)
+
+
 def run(
     specs: Sequence[str],
     samples: Sequence[Sample],
     results_dir: Path,
     out: Printer = _stderr,
+    jobs: int = 1,
 ) -> RunResults:
+    """Every kernel x every sample; `jobs` kernels at once. The results file is rewritten
+    as each kernel finishes, with the kernels in the order given."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = results_dir / f"run-{stamp}"
     results = RunResults(path=run_dir / "results.json")
-    for spec in specs:
+    slots: list[KernelResult | None] = [None] * len(specs)
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        spec = specs[index]
         start = time.monotonic()
-        kernel_result = run_kernel(spec, samples, run_dir, out)
-        results.kernels.append(kernel_result)
-        results.save()
-        out(f"{spec}: done in {time.monotonic() - start:.1f} s")
+        printer = out if jobs == 1 else (lambda line: out(f"[{spec}] {line.strip()}"))
+        try:
+            kernel_result = run_kernel(spec, samples, run_dir, printer)
+        except HarnessError as err:  # e.g. a malformed expectation: that kernel's failure
+            kernel_result = KernelResult(spec=spec, error=str(err))
+        with lock:
+            slots[index] = kernel_result
+            results.kernels = [k for k in slots if k is not None]
+            results.save()
+        printer(f"{spec}: done in {time.monotonic() - start:.1f} s")
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(one, i) for i in range(len(specs))]:
+            future.result()
     return results
