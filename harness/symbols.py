@@ -142,6 +142,8 @@ def resolve(
             break
     listed = ", ".join(c.describe() for c in cands)
     found = tuple(cands)
+    # The kernel names vmlinux as a NULL object: its messages say '(null)'.
+    shown = "(null)" if obj == VMLINUX else obj
     if not matched or (address == 0 and not relative):
         why = f" (listed at address 0: {listed})" if cands else ""
         return Resolution(
@@ -152,7 +154,7 @@ def resolve(
             "ambiguous",
             None,
             found,
-            f"unresolvable ambiguity for symbol '{name}' in object '{obj}': "
+            f"unresolvable ambiguity for symbol '{name}' in object '{shown}': "
             f"{len(cands)} candidates, positions {listed}",
         )
     if sympos > 0 and sympos != count:
@@ -160,7 +162,7 @@ def resolve(
             "position-too-large",
             None,
             found,
-            f"symbol position {sympos} for symbol '{name}' in object '{obj}' "
+            f"symbol position {sympos} for symbol '{name}' in object '{shown}' "
             f"not found ({len(cands)} candidate(s))",
         )
     where = f"offset {address:#x} in {obj}" if relative else f"{address:#018x}"
