@@ -15,6 +15,7 @@ from harness import kallsyms
 from harness.apt import AptRoot, find_mirrors, parse_depends, read_host_sources
 from harness.cache import atomic_write_text, cache_dir, locked, staged_dir
 from harness.errors import KernelError
+from harness.kbuild import cached_source_kernel, source_kernel
 from harness.kernel import Kernel
 from harness.kernels import _ABI, Spec, parse_spec, resolve_name
 
@@ -279,6 +280,8 @@ def cached(spec: str) -> Kernel | None:
     parsed = parse_spec(resolve_name(spec))
     if parsed.kind == "local":
         return _local(parsed, quiet=True)
+    if parsed.kind == "source":
+        return cached_source_kernel(parsed)
     res = _load_resolution(parsed) if parsed.kind.startswith("debian") else None
     if res is None or not _complete(res.entry):
         return None
@@ -289,7 +292,7 @@ def acquire(spec: str, *, quiet: bool = False) -> Kernel:
     """Fetch (or find in the cache) the kernel `spec` names; see kernels/README.md."""
     parsed = parse_spec(resolve_name(spec))
     if parsed.kind == "source":
-        raise KernelError(f"{parsed.text}: kernels built from source are not supported yet")
+        return source_kernel(parsed, quiet=quiet)
     if parsed.kind == "local":
         return _local(parsed, quiet)
     res = _load_resolution(parsed)

@@ -28,6 +28,8 @@ SpecKind = Literal["debian-suite", "debian-abi", "source", "local"]
 # 6.1.0-0.deb11.48-amd64.
 _ABI = re.compile(r"^(\d+\.\d+[0-9A-Za-z.+~-]*?)-(cloud-amd64|rt-amd64|amd64)$")
 _SUITE = re.compile(r"^([a-z]+)(-backports)?(-cloud)?$")
+_SOURCE_VERSION = re.compile(r"^\d+\.\d+$")
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "kernels"
 
@@ -43,7 +45,8 @@ class Spec:
     flavour: str = "amd64"  # debian-*: "amd64" | "cloud-amd64" | "rt-amd64"
     abi: str = ""  # debian-abi: "6.1.0-56-amd64"
     path: Path | None = None  # local
-    ref: str = ""  # source
+    ref: str = ""  # source: "6.1" (Debian's linux-source-6.1) or a tree's path
+    config: str = ""  # source: a fragment name in kernels/configs, e.g. "livepatch"
 
     @property
     def suite(self) -> str:
@@ -77,13 +80,13 @@ def parse_spec(text: str) -> Spec:
     if not sep or not rest:
         raise KernelError(
             f"unknown kernel spec {text!r}: expected debian:SUITE, debian:ABI, "
-            "source:REF or local:PATH"
+            "source:X.Y:CONFIG or local:PATH"
         )
     if kind == "local":
         path = Path(rest).expanduser().absolute()
         return Spec("local", f"local:{path}", path=path)
     if kind == "source":
-        return Spec("source", text.strip(), ref=rest)
+        return _source_spec(text, rest)
     if kind != "debian":
         raise KernelError(f"unknown kernel spec kind {kind!r} in {text!r} (debian, source, local)")
     if m := _ABI.match(rest):
@@ -105,6 +108,25 @@ def parse_spec(text: str) -> Spec:
         backports=backports,
         flavour="cloud-amd64" if cloud else "amd64",
     )
+
+
+def _source_spec(text: str, rest: str) -> Spec:
+    """`source:X.Y:CONFIG` (Debian's linux-source-X.Y) or `source:PATH:CONFIG` (a tree)."""
+    ref, sep, config = rest.rpartition(":")
+    if not sep or not ref or not _CONFIG_NAME.match(config):
+        raise KernelError(
+            f"bad source spec {text!r}: expected source:X.Y:CONFIG (e.g. source:6.1:livepatch) "
+            "or source:PATH:CONFIG, CONFIG a fragment name in kernels/configs"
+        )
+    if _SOURCE_VERSION.match(ref):
+        return Spec("source", f"source:{ref}:{config}", ref=ref, config=config)
+    if not ref.startswith(("/", ".", "~")):
+        raise KernelError(
+            f"bad source spec {text!r}: {ref!r} is neither a version X.Y nor a path "
+            "(start a relative path with ./)"
+        )
+    path = Path(ref).expanduser().absolute()
+    return Spec("source", f"source:{path}:{config}", ref=str(path), path=path, config=config)
 
 
 @dataclass(frozen=True)

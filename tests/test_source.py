@@ -1,0 +1,159 @@
+"""Kernels built from source: spec syntax, fragments, the survival check (synthetic and on the
+real Kconfig of linux-source-6.1), and real builds and boots (marker source_kernel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import KernelError
+from harness.kernel import read_config
+from harness.kernels import load_declared, parse_spec
+from harness.source import (
+    CONFIGS_DIR,
+    evaluate,
+    explain_lost,
+    fragment_paths,
+    kconfig_depends,
+    lost_options,
+    requested,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "ref", "config"),
+    [
+        ("source:6.1:livepatch", "6.1", "livepatch"),
+        ("source:7.3:no-kallsyms-all", "7.3", "no-kallsyms-all"),
+        ("source:/src/linux:sig-force", "/src/linux", "sig-force"),
+    ],
+)
+def test_source_specs(text: str, ref: str, config: str) -> None:
+    spec = parse_spec(text)
+    assert (spec.kind, spec.ref, spec.config, spec.text) == ("source", ref, config, text)
+    assert (spec.path is not None) == ref.startswith("/")
+
+
+def test_source_spec_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec("source:./linux:livepatch")
+    assert spec.path == tmp_path / "linux" and spec.text == f"source:{tmp_path}/linux:livepatch"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("source:6.1", "expected source:X.Y:CONFIG"),
+        ("source:6.1:", "expected source:X.Y:CONFIG"),
+        ("source:v6.6:livepatch", "neither a version X.Y nor a path"),
+        ("source:6.1.3:livepatch", "neither a version X.Y nor a path"),
+    ],
+)
+def test_bad_source_specs(text: str, match: str) -> None:
+    with pytest.raises(KernelError, match=match):
+        parse_spec(text)
+
+
+def test_declared_source_kernels_have_fragments() -> None:
+    decls = [d for d in load_declared() if d.spec.startswith("source:")]
+    assert {parse_spec(d.spec).config for d in decls} >= {
+        "livepatch", "no-livepatch", "sig-force", "no-kallsyms-all",
+    }  # fmt: skip
+    for decl in decls:
+        base, own = fragment_paths(parse_spec(decl.spec).config)
+        assert base.name == "base.config" and own.is_file()
+
+
+def test_unknown_config_lists_known() -> None:
+    with pytest.raises(KernelError, match=r"no config 'nope' .*known: .*livepatch"):
+        fragment_paths("nope")
+    with pytest.raises(KernelError, match="no config 'base'"):
+        fragment_paths("base")
+
+
+def test_requested_later_fragment_wins(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.config", tmp_path / "b.config"
+    a.write_text('CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_S="x y"\n# comment\n')
+    b.write_text("CONFIG_B=n\nCONFIG_C=y\n")
+    assert requested([a, b]) == {
+        "CONFIG_A": "y",
+        "CONFIG_B": "n",
+        "CONFIG_C": "y",
+        "CONFIG_S": "x y",
+    }
+
+
+def test_no_kallsyms_all_fragment_is_honest() -> None:
+    want = requested(fragment_paths("no-kallsyms-all"))
+    assert want["CONFIG_KALLSYMS_ALL"] == "n" and want["CONFIG_LIVEPATCH"] == "n"
+
+
+@pytest.mark.parametrize(
+    ("expr", "value"),
+    [
+        ("A", 2), ("B", 0), ("!B", 2), ("A && B", 0), ("A || B", 2), ("M", 1),
+        ("A && (B || !C)", 2), ("S = \"x\"", 2), ("S != \"x\"", 0), ("64BIT", 2),
+    ],
+)  # fmt: skip
+def test_evaluate(expr: str, value: int) -> None:
+    config = {
+        "CONFIG_A": "y",
+        "CONFIG_B": "n",
+        "CONFIG_M": "m",
+        "CONFIG_S": "x",
+        "CONFIG_64BIT": "y",
+    }
+    assert evaluate(expr, config) == value
+
+
+def test_explain_lost_names_unmet_dependency(tmp_path: Path) -> None:
+    (tmp_path / "Kconfig").write_text(
+        "config FEATURE\n\tbool \"f\"\n\tdepends on BASE && !OFF\n\tdepends on OTHER\n"
+        "if OUTER\nconfig INNER\n\tbool\nendif\n"
+    )  # fmt: skip
+    assert kconfig_depends(tmp_path, "CONFIG_FEATURE") == ["BASE && !OFF", "OTHER"]
+    assert kconfig_depends(tmp_path, "CONFIG_INNER") == ["OUTER"]
+    final = {"CONFIG_BASE": "y", "CONFIG_OTHER": "n", "CONFIG_FEATURE": "n", "CONFIG_INNER": "n"}
+    want = {"CONFIG_FEATURE": "y", "CONFIG_INNER": "y", "CONFIG_BASE": "y"}
+    assert lost_options(want, final) == {"CONFIG_FEATURE": "n", "CONFIG_INNER": "n"}
+    lines = explain_lost(tmp_path, want, final)
+    assert lines == [
+        "CONFIG_FEATURE=y requested, final .config has CONFIG_FEATURE=n; unmet: depends on OTHER",
+        "CONFIG_INNER=y requested, final .config has CONFIG_INNER=n; unmet: depends on OUTER",
+    ]
+
+
+# -- on the real source ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source_61() -> Path:
+    from harness.source import fetch_source
+
+    return fetch_source("6.1").path
+
+
+@pytest.mark.source_kernel
+def test_real_kconfig_names_unmet_dependency(source_61: Path, tmp_path: Path) -> None:
+    from harness.source import configure
+
+    frag = tmp_path / "broken.config"
+    # LIVEPATCH without KALLSYMS_ALL (what a naive no-kallsyms-all would ask for), and
+    # MODULE_SIG_FORCE without MODULE_SIG.
+    frag.write_text("CONFIG_KALLSYMS_ALL=n\nCONFIG_LIVEPATCH=y\nCONFIG_MODULE_SIG_FORCE=y\n")
+    with pytest.raises(KernelError) as err:
+        configure(
+            source_61, tmp_path / "obj", [CONFIGS_DIR / "base.config", frag], tmp_path / "log"
+        )
+    text = str(err.value)
+    assert "did not survive" in text
+    assert "CONFIG_LIVEPATCH=y requested, final .config has CONFIG_LIVEPATCH=n" in text
+    assert "unmet: depends on KALLSYMS_ALL" in text
+    assert "CONFIG_MODULE_SIG_FORCE=y requested" in text and "depends on MODULE_SIG" in text
+    # The shipped fragments themselves survive.
+    final = configure(
+        source_61, tmp_path / "ok", fragment_paths("no-kallsyms-all"), tmp_path / "log2"
+    )
+    assert final["CONFIG_KALLSYMS_ALL"] == "n" and final.get("CONFIG_LIVEPATCH", "n") == "n"
+    assert read_config(tmp_path / "ok" / ".config")["CONFIG_9P_FS"] == "y"
