@@ -54,3 +54,13 @@ def sign_module(kernel: Kernel, ko: Path) -> bool:
     if proc.returncode != 0 or not is_signed(ko):
         raise BuildError(f"signing {ko} failed: {proc.stderr.strip()[-300:] or 'no signature'}")
     return True
+
+
+def strip_signature(ko: Path, out: Path) -> None:
+    """Write `ko` without its appended signature (struct module_signature + MAGIC) to `out`."""
+    data = ko.read_bytes()
+    if data.endswith(MAGIC):
+        info = data[-len(MAGIC) - 12 : -len(MAGIC)]  # algo, hash, id_type, signer, key_id, pad, len
+        size = 12 + len(MAGIC) + int.from_bytes(info[8:12], "big") + info[3] + info[4]
+        data = data[:-size]
+    out.write_bytes(data)

@@ -157,3 +157,55 @@ def test_real_kconfig_names_unmet_dependency(source_61: Path, tmp_path: Path) ->
     )
     assert final["CONFIG_KALLSYMS_ALL"] == "n" and final.get("CONFIG_LIVEPATCH", "n") == "n"
     assert read_config(tmp_path / "ok" / ".config")["CONFIG_9P_FS"] == "y"
+
+
+@pytest.mark.source_kernel
+@pytest.mark.vm
+def test_build_and_boot_livepatch(tmp_path: Path) -> None:
+    """source:6.1:livepatch builds (or comes from the cache), boots, and its offline symbol
+    table is the guest's /proc/kallsyms (same names and order, one KASLR shift)."""
+    from harness.acquire import acquire
+    from harness.boot import boot
+
+    kernel = acquire("source:6.1:livepatch")
+    assert kernel.name == "source-6.1-livepatch" and kernel.release.endswith("-klp-livepatch")
+    assert kernel.config_value("LIVEPATCH") == "y" and kernel.symvers.is_file()
+    assert kernel.modules_dir.is_dir() and kernel.vmlinuz.name == "bzImage"
+    with boot(kernel, tmp_path / "console.log") as guest:
+        assert guest.run("uname -r").output == f"{kernel.release}\n"
+        assert guest.run("test -d /sys/kernel/livepatch").ok
+        guest_lines = [ln for ln in guest.kallsyms().splitlines() if "[" not in ln]
+        offline = kernel.kallsyms.read_text().splitlines()
+        assert [ln.split()[2] for ln in guest_lines] == [ln.split()[2] for ln in offline]
+        shifts = {
+            int(g.split()[0], 16) - int(o.split()[0], 16)
+            for g, o in zip(guest_lines, offline, strict=True)
+        }
+        assert len(shifts) == 1
+
+
+@pytest.mark.source_kernel
+@pytest.mark.vm
+def test_sig_force_refuses_unsigned_loads_signed(tmp_path: Path) -> None:
+    """source:6.1:sig-force: the built (converted, signed) module loads; the same module
+    unsigned (kbuild's raw .ko is not signed: no MODULE_SIG_ALL for M= builds) is refused."""
+    from harness.acquire import acquire
+    from harness.boot import boot
+    from harness.build import build_module
+    from harness.expect import load_sample
+    from harness.sign import is_signed, strip_signature
+
+    kernel = acquire("source:6.1:sig-force")
+    assert kernel.config_value("MODULE_SIG_FORCE") == "y"
+    built = build_module(kernel, load_sample(Path(__file__).parent.parent / "modules/kernel_clone"))
+    assert is_signed(built.ko)
+    unsigned = tmp_path / "unsigned" / built.ko.name
+    unsigned.parent.mkdir()
+    strip_signature(built.ko, unsigned)
+    assert not is_signed(unsigned)
+    with boot(kernel, tmp_path / "console.log") as guest:
+        refused = guest.run(f"insmod {unsigned}")
+        assert refused.status != 0 and "Key was rejected" in refused.output
+        assert "Loading of unsigned module is rejected" in guest.run("dmesg").output
+        assert guest.run(f"insmod {built.ko}").ok
+        assert guest.run(f"rmmod {built.module}").ok
