@@ -18,6 +18,7 @@ COMMANDS = {
     "convert": "harness.cli_convert",
     "inspect": "harness.cli_convert",
     "kernels": "harness.cli_kernels",
+    "report": "harness.cli_report",
     "run": "harness.cli_run",
 }
 

@@ -89,3 +89,9 @@ class ExpectationError(HarnessError):
     """A malformed expectation or kernel declaration data file."""
 
     exit_code = 24
+
+
+class ReportError(HarnessError):
+    """A results file that is not valid JSON or breaks the results schema."""
+
+    exit_code = 25

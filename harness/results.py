@@ -23,6 +23,7 @@ PASS, FAIL, XFAIL, XPASS, NA, NOT_RUN = (
     "not-applicable",
     "not-run",
 )
+OUTCOMES = (PASS, FAIL, XFAIL, XPASS, NA, NOT_RUN)
 # Outcomes that leave the run green.
 GOOD = frozenset({PASS, XFAIL, NA})
 
@@ -39,6 +40,7 @@ class ModuleResult:
     converted: list[str] = field(default_factory=list)
     toolchain: str = ""
     build_log: str = ""
+    console_log: str = ""  # the console log of the boot this module ran in
 
 
 @dataclass
@@ -49,6 +51,8 @@ class KernelResult:
     package_version: str = ""
     packages: list[str] = field(default_factory=list)
     config: dict[str, str] = field(default_factory=dict)
+    config_hash: str = ""  # "sha256:<hex>" of the kernel's .config
+    toolchain: str = ""  # what built the modules for this kernel
     accel: str = ""
     boot_seconds: float = 0.0
     console_log: str = ""
