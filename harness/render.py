@@ -37,7 +37,7 @@ LABELS = {
 }
 ICONS = {PASS: "✅", FAIL: "❌", XFAIL: "☑️", XPASS: "⚠️", NA: "⚪", NOT_RUN: "⏸️"}
 CHANGE_ICONS = {REGRESSION: "🔺", FIXED: "🔧", STILL_FAILING: "🔁", NEVER_PASSED: "⛔", NEW: "🆕"}
-# XML 1.0 has no place for most control characters (a console can print anything).
+# Control characters (a console can print anything): XML 1.0 has no place for most of them.
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -78,13 +78,13 @@ def _kernel_bits(k: KernelRow) -> list[str]:
 
 def md_text(text: str) -> str:
     """Plain text for a Markdown paragraph or table cell: one line, nothing interpreted."""
-    text = html.escape(" ".join(text.split()), quote=False)
+    text = html.escape(" ".join(_XML_BAD.sub("\ufffd", text).split()), quote=False)
     text = re.sub(r"([\\`*\[\]|~])", r"\\\1", text)
     return re.sub(r"(?<!\w)_|_(?!\w)", r"\_", text)  # intraword _ is not emphasis
 
 
 def _fence(lines: list[str]) -> str:
-    body = "\n".join(lines)
+    body = _XML_BAD.sub("\ufffd", "\n".join(lines))
     longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}text\n{body}\n{ticks}"
@@ -184,7 +184,7 @@ pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;
 
 
 def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(_XML_BAD.sub("\ufffd", str(text)), quote=True)
 
 
 def _href(path: str, base: Path | None) -> str:

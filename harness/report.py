@@ -228,11 +228,12 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def _locate(recorded: str, run_dir: Path) -> str:
-    """A log path as recorded, or the file of that name beside results.json (moved artifacts)."""
-    if not recorded or Path(recorded).exists():
+    """A log's file of that name beside results.json (a run dir, copied or downloaded), else
+    the path as recorded on the machine that ran."""
+    if not recorded:
         return recorded
     beside = run_dir / Path(recorded).name
-    return str(beside) if beside.exists() else recorded
+    return str(beside) if beside.is_file() else recorded
 
 
 def merge(paths: Sequence[Path]) -> Grid:
