@@ -146,6 +146,19 @@ def _apt_root() -> AptRoot:
     return apt
 
 
+def apt_root() -> AptRoot:
+    """The private apt root, set up and with fresh lists (for look-ups beyond acquire)."""
+    apt = _apt_root()
+    with locked(apt.root / "lists"):
+        apt.ensure_fresh(quiet=True)
+    return apt
+
+
+def resolve(spec_text: str) -> Resolution:
+    """What a spec names now (ABI, version, packages), without downloading anything."""
+    return _resolve_fresh(parse_spec(spec_text), quiet=True)[1]
+
+
 def _resolve_fresh(spec: Spec, quiet: bool) -> tuple[AptRoot, Resolution]:
     apt = _apt_root()
     with locked(apt.root / "lists"):  # concurrent runs: one updates, the others wait

@@ -20,6 +20,7 @@ COMMANDS = {
     "kernels": "harness.cli_kernels",
     "report": "harness.cli_report",
     "run": "harness.cli_run",
+    "bisect": "harness.cli_bisect",
 }
 
 INTERNAL_ERROR = 70
