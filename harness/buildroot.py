@@ -21,7 +21,7 @@ from harness.cache import atomic_write_text, cache_dir, locked, staged_dir
 from harness.errors import KernelError, ToolchainError
 
 # Which Debian suite ships which gcc major as its default compiler (kept as data).
-GCC_SUITES: dict[int, str] = {10: "bullseye", 12: "bookworm", 14: "trixie"}
+GCC_SUITES: dict[int, str] = {10: "bullseye", 12: "bookworm", 14: "trixie", 15: "forky", 16: "sid"}
 
 # What a module build needs: compiler, make, libc headers, libelf (objtool),
 # bc, kmod, and dwarves (pahole) for module BTF. `gcc` gives a plain HOSTCC.
@@ -126,6 +126,9 @@ def _mmdebstrap(suite: str, target: Path, mirror: str, packages: Sequence[str], 
         "mmdebstrap", "--mode=root", "--variant=apt",
         f"--include={','.join(packages)}",
         "--aptopt=Acquire::Retries \"3\"",
+        # The host's mirror may be a dated snapshot: a rolling suite's Release is then past
+        # its Valid-Until. Signatures are still checked.
+        "--aptopt=Acquire::Check-Valid-Until \"false\"",
         suite, str(target), mirror,
     ]  # fmt: skip
     with open(log, "w") as out:
