@@ -6,7 +6,9 @@ built for or booted ends with its reason, and the other kernels still run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import os
 import sys
 import threading
@@ -21,6 +23,7 @@ from harness.errors import BootError, HarnessError
 from harness.expect import Expectation, Sample
 from harness.kernel import Kernel
 from harness.results import FAIL, NA, NOT_RUN, KernelResult, ModuleResult, RunResults
+from harness.toolchain import select
 
 Printer = Callable[[str], None]
 REPORTED_OPTIONS = (
@@ -53,6 +56,9 @@ def describe_kernel(kernel: Kernel, result: KernelResult) -> None:
     result.package_version = kernel.package_version
     result.packages = list(kernel.packages)
     result.config = {o: kernel.config_value(o) for o in REPORTED_OPTIONS}
+    result.config_hash = "sha256:" + hashlib.sha256(kernel.config.read_bytes()).hexdigest()
+    with contextlib.suppress(HarnessError):  # else every module's build failure says why
+        result.toolchain = select(kernel).description
 
 
 def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
