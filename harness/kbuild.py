@@ -139,7 +139,7 @@ def _build_entry(
     log.write_text(f"# klp-harness: {spec.text} from {tree.path}\n")
     start = time.monotonic()
     say(f"configuring {name}: tinyconfig + {', '.join(p.name for p in fragments)}", quiet)
-    configure(tree.path, objdir, fragments, log)
+    configure(tree.path, objdir, fragments, log, quiet)
     say(f"building {name} with make -j{JOBS} (log: {log})", quiet)
     seconds = _build(objdir, log, name, quiet)
     say(f"built {name} in {seconds / 60:.1f} min", quiet)

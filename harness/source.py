@@ -124,14 +124,15 @@ def evaluate(expr: str, config: dict[str, str]) -> int:
     return disjunction()
 
 
-def kconfig_depends(tree: Path, option: str) -> list[str]:
+def kconfig_depends(tree: Path, option: str) -> list[str] | None:
     """Every `depends on` (and enclosing `if`/menu dependency) of `option` in the tree's x86
-    Kconfig files."""
+    Kconfig files; None when no Kconfig file defines it."""
     name = option.removeprefix("CONFIG_")
     files = [p for p in tree.rglob("Kconfig*") if p.is_file()]
     files = [p for p in files if p.parts[len(tree.parts)] != "arch" or "x86" in p.parts
              or p.parent == tree / "arch"]  # fmt: skip
     found: list[str] = []
+    defined = False
     for path in files:
         try:
             text = path.read_text(errors="replace")
@@ -139,6 +140,7 @@ def kconfig_depends(tree: Path, option: str) -> list[str]:
             continue
         if not re.search(rf"^\s*(menu)?config {name}\s*$", text, re.M):
             continue
+        defined = True
         stack: list[list[str]] = []  # deps of enclosing if/menu/choice blocks
         current: list[str] | None = None
         mine = False
@@ -165,7 +167,7 @@ def kconfig_depends(tree: Path, option: str) -> list[str]:
                 current.append(dep)
                 if mine:
                     found.append(dep)
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(found)) if defined else None
 
 
 def lost_options(want: dict[str, str], final: dict[str, str]) -> dict[str, str]:
@@ -173,18 +175,26 @@ def lost_options(want: dict[str, str], final: dict[str, str]) -> dict[str, str]:
     return {k: final.get(k, "n") for k, v in want.items() if final.get(k, "n") != v}
 
 
-def explain_lost(tree: Path, want: dict[str, str], final: dict[str, str]) -> list[str]:
-    """One line per lost option, naming the unmet `depends on` when there is one."""
-    lines = []
+def explain_lost(
+    tree: Path, want: dict[str, str], final: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """(errors, warnings): one line per lost option, naming the unmet `depends on` when there
+    is one; an option this kernel's Kconfig does not define (renamed, removed) only warns,
+    so one base fragment serves several versions (PROC_SYSCTL is SYSCTL from 6.x)."""
+    errors, warnings = [], []
     for option, got in lost_options(want, final).items():
         line = f"{option}={want[option]} requested, final .config has {option}={got}"
-        unmet = [d for d in kconfig_depends(tree, option) if evaluate(d, final) == 0]
+        depends = kconfig_depends(tree, option)
+        if depends is None:
+            warnings.append(f"{line}; not defined in this kernel's Kconfig, ignored")
+            continue
+        unmet = [d for d in depends if evaluate(d, final) == 0]
         if unmet and want[option] != "n":
             line += "; unmet: " + ", ".join(f"depends on {d}" for d in unmet)
         elif want[option] != "n":
             line += "; no unmet 'depends on' found (a choice, select or value range?)"
-        lines.append(line)
-    return lines
+        errors.append(line)
+    return errors, warnings
 
 
 # -- running make ----------------------------------------------------------------------------------
@@ -208,7 +218,9 @@ def error_tail(log: Path, lines: int = 12) -> str:
     return "\n".join((errors or text)[-lines:])
 
 
-def configure(tree: Path, objdir: Path, fragments: Sequence[Path], log: Path) -> dict[str, str]:
+def configure(
+    tree: Path, objdir: Path, fragments: Sequence[Path], log: Path, quiet: bool = True
+) -> dict[str, str]:
     """tinyconfig, merge the fragments, olddefconfig, then check every requested option."""
     objdir.mkdir(parents=True, exist_ok=True)
     make = ["make", "-C", str(tree), f"O={objdir}"]
@@ -218,7 +230,11 @@ def configure(tree: Path, objdir: Path, fragments: Sequence[Path], log: Path) ->
     run_logged([*make, "olddefconfig"], log)
     final = read_config(objdir / ".config")
     want = requested(fragments)
-    lost = explain_lost(tree, want, final)
+    lost, ignored = explain_lost(tree, want, final)
+    with open(log, "a") as handle:
+        handle.writelines(f"# klp-harness: warning: {line}\n" for line in ignored)
+    for line in ignored:
+        say(f"warning: {line}", quiet)
     if lost:
         raise KernelError(
             f"{len(lost)} requested option(s) did not survive olddefconfig "

@@ -117,7 +117,11 @@ def test_explain_lost_names_unmet_dependency(tmp_path: Path) -> None:
     final = {"CONFIG_BASE": "y", "CONFIG_OTHER": "n", "CONFIG_FEATURE": "n", "CONFIG_INNER": "n"}
     want = {"CONFIG_FEATURE": "y", "CONFIG_INNER": "y", "CONFIG_BASE": "y"}
     assert lost_options(want, final) == {"CONFIG_FEATURE": "n", "CONFIG_INNER": "n"}
-    lines = explain_lost(tmp_path, want, final)
+    lines, ignored = explain_lost(tmp_path, {**want, "CONFIG_GONE": "y"}, final)
+    assert ignored == [
+        "CONFIG_GONE=y requested, final .config has CONFIG_GONE=n; "
+        "not defined in this kernel's Kconfig, ignored"
+    ]
     assert lines == [
         "CONFIG_FEATURE=y requested, final .config has CONFIG_FEATURE=n; unmet: depends on OTHER",
         "CONFIG_INNER=y requested, final .config has CONFIG_INNER=n; unmet: depends on OUTER",
