@@ -268,9 +268,9 @@ def html_page(report: Report, base: Path | None = None) -> str:
                 k.name,
                 k.package_version,
                 k.accel or "-",
-                f"{k.boot_seconds:.1f} s",
+                f"{k.boot_seconds:.1f}\u00a0s",
                 k.toolchain or k.config.get("CC_VERSION_TEXT", ""),
-                k.config_hash or "-",
+                k.config_hash[:19] or "-",  # sha256: and 12 hex digits; JSON has it all
                 ", ".join(f"{o}={v}" for o, v in k.config.items() if o != "CC_VERSION_TEXT"),
                 k.results_file,
             )
@@ -291,9 +291,9 @@ def html_page(report: Report, base: Path | None = None) -> str:
 <div class="scroll"><table class="grid"><thead><tr><th>kernel</th>{head}</tr></thead>
 <tbody>{rows}</tbody></table></div>
 <h2>Kernels</h2>
-<table><thead><tr><th>kernel</th><th>spec</th><th>name</th><th>package</th><th>accel</th>
-<th>boot</th><th>toolchain</th><th>config hash</th><th>config</th><th>results file</th></tr>
-</thead><tbody>{details}</tbody></table>
+<div class="scroll"><table><thead><tr><th>kernel</th><th>spec</th><th>name</th><th>package</th>
+<th>accel</th><th>boot</th><th>toolchain</th><th>config hash</th><th>config</th>
+<th>results file</th></tr></thead><tbody>{details}</tbody></table></div>
 <h2>Results files</h2><ul>{sources}</ul>
 </body></html>
 """
