@@ -131,7 +131,7 @@ def markdown(report: Report) -> str:
         "",
         "### Kernels",
         "",
-        "| kernel | spec | package | accel | boot | toolchain | config |",
+        "| kernel | spec | package | accel | boot | toolchain | config hash |",
     ]
     out.append("|---|---|---|---|---|---|---|")
     for k in grid.kernels:
