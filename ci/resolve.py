@@ -28,20 +28,17 @@ def _safe(text: str) -> str:
 
 def resolve(spec: Spec) -> tuple[str, list[str]]:
     """(cache key, name=version of every package) for `spec`."""
-    from harness.acquire import _apt_root, _resolve_fresh
-    from harness.cache import locked
+    from harness.acquire import apt_root
+    from harness.acquire import resolve as resolve_spec
 
     if spec.kind in ("debian-suite", "debian-abi"):
-        _, res = _resolve_fresh(spec, quiet=True)
+        res = resolve_spec(spec.text)
         return f"debs-{_safe(res.abi)}-{_safe(res.version)}", [
             f"{p.name}={p.version}" for p in res.packages
         ]
     if spec.kind == "source" and re.fullmatch(r"\d+\.\d+", spec.ref):
         package = f"linux-source-{spec.ref}"
-        apt = _apt_root()
-        with locked(apt.root / "lists"):
-            apt.ensure_fresh(True)
-            rec = apt.show(package)
+        rec = apt_root().show(package)
         if rec is None:
             raise HarnessError(f"{spec.text}: no package {package} on the mirror")
         return f"debs-{package}-{_safe(rec['Version'])}", [f"{package}={rec['Version']}"]

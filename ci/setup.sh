@@ -41,7 +41,7 @@ install_python() {
     # Reinstall only when the package metadata changed.
     if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
         "$venv/bin/python" -m pip install -q --upgrade pip
-        "$venv/bin/python" -m pip install -q -e "$repo[dev]"
+        "$venv/bin/python" -m pip install -q -e "${repo}[dev]"
         touch "$stamp"
     fi
 }

@@ -82,7 +82,7 @@ def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
     return Prepared(sample, expectation, built, None, required)
 
 
-def _not_run(item: Prepared) -> ModuleResult:
+def _not_run(item: Prepared, console_log: str) -> ModuleResult:
     built = item.built
     return ModuleResult(
         item.sample.name,
@@ -93,6 +93,7 @@ def _not_run(item: Prepared) -> ModuleResult:
         converted=list(built.converted) if built else [],
         toolchain=built.toolchain if built else "",
         build_log=str(built.log) if built else "",
+        console_log=console_log,
     )
 
 
@@ -131,7 +132,7 @@ def run_kernel(
             result.error = f"guest: {err}"
             for item in pending:
                 if item.sample.name not in results:
-                    results[item.sample.name] = _not_run(item)
+                    results[item.sample.name] = _not_run(item, result.console_log)
     result.modules = [results[s.name] for s in samples if s.name in results]
     return result
 
