@@ -25,6 +25,14 @@ from harness.errors import BootError
 TAIL_LINES = 40
 
 
+@dataclass(frozen=True)
+class LoggedResult:
+    result: CommandResult
+    lines: list[str]  # kernel messages logged while it ran
+    taint_before: int
+    taint_after: int
+
+
 class GuestDied(BootError):
     """The guest ended by itself: a panic (`panic=-1`, `-no-reboot`), a triple fault, qemu died."""
 
@@ -198,6 +206,39 @@ class Guest:
         return result.output
 
     # -- kernel-side helpers ---------------------------------------------------------------
+
+    def run_logged(self, cmd: str, label: str, timeout: float = 60) -> LoggedResult:
+        """`cmd` between a /dev/kmsg canary and a dmesg read, with the taint before and after,
+        all in one round trip: the kernel lines it caused come back with its output."""
+        seq = self._seq + 1  # the number `run` gives this command
+        stem = f"cmd-{seq:04d}"
+        canary = dmesg.canary_line(label, f"{self._token}-{seq}")
+        script = (
+            f"cat /proc/sys/kernel/tainted > {stem}.taint0\n"
+            f"echo '{canary}' > /dev/kmsg\n"
+            f"(\n{cmd}\n)\nrc=$?\n"  # a subshell: `exit` in cmd ends only cmd
+            f"dmesg > {stem}.dmesg\n"
+            f"cat /proc/sys/kernel/tainted > {stem}.taint1\n"
+            "exit $rc\n"
+        )
+        result = self.run(script, timeout)
+        try:
+            log = (self.share_dir / f"{stem}.dmesg").read_text(errors="replace")
+            before, after = (
+                dmesg.parse_tainted((self.share_dir / f"{stem}.taint{i}").read_text())
+                for i in (0, 1)
+            )
+        except (OSError, ValueError) as err:
+            raise BootError(
+                self._message("command", f"{cmd!r}: kernel state not read: {err}")
+            ) from None
+        lines = dmesg.lines_since(log, canary)
+        if lines is None:
+            raise BootError(
+                self._message("command", f"canary {canary!r} not in dmesg (ring buffer overrun?)")
+            )
+        return LoggedResult(CommandResult(cmd, result.output, result.status, result.seconds),
+                            lines, before, after)  # fmt: skip
 
     def kmsg_canary(self, label: str) -> str:
         """Write a unique line to /dev/kmsg and return it; `dmesg_since` finds it again."""

@@ -43,13 +43,13 @@ class Step:
         self.findings: list[check.Finding] = []
         self.evidence: list[str] = []
         self.lines: list[str] = []  # every kernel line of the step, for address and splat checks
+        self.taint: list[int] = []  # before the first command, after the last
 
     def _logged(self, label: str, cmd: str, timeout: float = 60) -> tuple[int, str, list[str]]:
-        canary = self.guest.kmsg_canary(f"{self.sample.name} {label}")
-        res = self.guest.run(cmd, timeout)
-        lines = self.guest.dmesg_since(canary)
-        self.lines += lines
-        return res.status, res.output.strip(), lines
+        logged = self.guest.run_logged(cmd, f"{self.sample.name} {label}", timeout)
+        self.lines += logged.lines
+        self.taint = [self.taint[0] if self.taint else logged.taint_before, logged.taint_after]
+        return logged.result.status, logged.result.output.strip(), logged.lines
 
     def _expect(self, patterns: Sequence[str], lines: Sequence[str], what: str) -> None:
         for finding in check.check_expected(lines, patterns):
@@ -58,14 +58,12 @@ class Step:
 
     def run(self) -> ModuleResult:
         start = time.monotonic()
-        taint_before = self.guest.tainted()
         loaded = self._load_required()
         outcome, reason = self._main() if loaded else (FAIL, self._reason())
         self._unload_required()
         findings = check.check_splats(self.lines)
-        findings += check.check_taint(
-            taint_before, self.guest.tainted(), "OE" + self.expectation.taint
-        )
+        before, after = self.taint
+        findings += check.check_taint(before, after, "OE" + self.expectation.taint)
         self.findings += findings
         if self.findings and outcome != FAIL:
             outcome, reason = FAIL, self._reason()
