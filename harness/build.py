@@ -23,6 +23,7 @@ from harness.convert import ConvertReport, convert_module
 from harness.errors import BuildError
 from harness.expect import Sample, required_sample
 from harness.kernel import Kernel
+from harness.sign import sign_module
 from harness.symbols import SymbolTable, load_symvers
 from harness.toolchain import select
 
@@ -188,6 +189,7 @@ def build_module(
             out = work / "klp" / raw.name
             out.parent.mkdir()
             report = _convert(kernel, sample, raw, out, undefined, deps)
+            sign_module(kernel, out)  # CONFIG_MODULE_SIG kernels with their build key
             converted = [f"{c.obj}.{c.name},{c.sympos}" for c in report.converted]
             missing = sorted(set(undefined) - {c.name for c in report.converted})
             if missing:
