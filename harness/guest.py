@@ -165,7 +165,7 @@ class Guest:
 
     # -- commands --------------------------------------------------------------------------
 
-    def run(self, cmd: str, timeout: float = 60) -> CommandResult:
+    def run(self, cmd: str, timeout: float = 60, note: str | None = None) -> CommandResult:
         """Run `cmd` with /bin/sh in the guest (cwd: the shared dir, stdin /dev/null).
 
         `timeout` is in KVM seconds; it is multiplied by `timeout_scale`. A timeout or a dead
@@ -180,7 +180,7 @@ class Guest:
             f"sh {stem}.sh >{stem}.out 2>&1 </dev/null; r=$?; echo $r >{stem}.rc; "
             f"printf '%s:%s:%s\\n' {self._token} {self._seq} $r"
         )
-        self._note(f"[{self._seq}] {cmd}")
+        self._note(f"[{self._seq}] {note or cmd}")
         start = time.monotonic()
         self._child.sendline(line)
         status = self._wait_status(stem, timeout * self.timeout_scale, f"no answer to {cmd!r}")
@@ -221,7 +221,7 @@ class Guest:
             f"cat /proc/sys/kernel/tainted > {stem}.taint1\n"
             "exit $rc\n"
         )
-        result = self.run(script, timeout)
+        result = self.run(script, timeout, note=f"{label}: {cmd}")
         try:
             log = (self.share_dir / f"{stem}.dmesg").read_text(errors="replace")
             before, after = (
