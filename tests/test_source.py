@@ -216,3 +216,20 @@ def test_sig_force_refuses_unsigned_loads_signed(tmp_path: Path) -> None:
         assert "Loading of unsigned module is rejected" in guest.run("dmesg").output
         assert guest.run(f"insmod {built.ko}").ok
         assert guest.run(f"rmmod {built.module}").ok
+
+
+def test_failed_build_reports_last_error_lines(tmp_path: Path) -> None:
+    from harness.source import error_tail, run_logged
+
+    log = tmp_path / "build.log"
+    log.write_text("  CC      a.o\n")
+    script = (
+        "echo '  CC      b.o'; echo 'b.c:3:1: error: expected ;' >&2; "
+        "echo 'make: *** [b.o] Error 1'; exit 2"
+    )
+    with pytest.raises(KernelError) as err:
+        run_logged(["sh", "-c", script], log)
+    assert f"(log: {log})" in str(err.value)
+    assert str(err.value).endswith("b.c:3:1: error: expected ;\nmake: *** [b.o] Error 1")
+    assert "  CC      a.o" in log.read_text()  # the log is kept, appended to
+    assert error_tail(log, 1) == "make: *** [b.o] Error 1"
