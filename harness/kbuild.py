@@ -5,9 +5,11 @@ symbol table from bzImage, all cached by (source version, merged fragments hash)
 from __future__ import annotations
 
 import collections
+import ctypes
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from harness.kernel import Kernel
 from harness.kernels import Spec
 from harness.source import (
     SourceTree,
+    cached_source,
     configure,
     error_tail,
     fetch_source,
@@ -42,6 +45,11 @@ def _make_output(argv: list[str]) -> str:
     return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
 
 
+def _die_with_parent() -> None:
+    """In the make child: SIGTERM when the harness dies, so no orphaned build runs on."""
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _build(objdir: Path, log: Path, label: str, quiet: bool) -> float:
     """`nice make -jN bzImage modules` with a progress line a minute; seconds taken."""
     argv = ["nice", "-n", "10", "make", f"-j{JOBS}", "-C", str(objdir), "bzImage", "modules"]
@@ -50,7 +58,7 @@ def _build(objdir: Path, log: Path, label: str, quiet: bool) -> float:
         handle.write(f"$ {' '.join(argv)}\n")
         handle.flush()
         proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)  # fmt: skip
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
         while True:
             try:
                 proc.wait(timeout=PROGRESS_SECONDS)
@@ -173,13 +181,16 @@ def _build_entry(
 
 
 def cached_source_kernel(spec: Spec) -> Kernel | None:
-    """A source kernel already built, never fetching or building (newest entry of its name)."""
+    """The source kernel as last resolved and built, never fetching or building."""
     if spec.path is not None:
         return None
-    name = f"source-{spec.ref}-{spec.config}"
-    root = cache_dir("source-builds")
-    done = [p for p in root.glob(f"{name}-*") if (p / MARKER).is_file()
-            and json.loads((p / "kernel.json").read_text()).get("name") == name]  # fmt: skip
-    if not done:
+    tree = cached_source(spec.ref)
+    try:
+        fragments = fragment_paths(spec.config)
+    except KernelError:
         return None
-    return _entry_kernel(spec, max(done, key=lambda p: (p / MARKER).stat().st_mtime))
+    if tree is None:
+        return None
+    digest = fragments_hash(fragments, RECIPE, f"{tree.package}={tree.version}")[:12]
+    entry = cache_dir("source-builds") / f"source-{spec.ref}-{spec.config}-{digest}"
+    return _entry_kernel(spec, entry) if (entry / MARKER).is_file() else None

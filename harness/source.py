@@ -261,6 +261,17 @@ def _tree_dir(package: str, version: str) -> Path:
     return cache_dir("sources") / f"{package}_{re.sub(r'[^A-Za-z0-9.+~_-]', '_', version)}"
 
 
+def cached_source(xy: str) -> SourceTree | None:
+    """The last resolved linux-source-X.Y when it is unpacked, whatever its age (no apt)."""
+    package = f"linux-source-{xy}"
+    try:
+        version = json.loads(_resolution(xy).read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+    tree = _tree_dir(package, version) / package
+    return SourceTree(tree, package, version) if tree.is_dir() else None
+
+
 def fetch_source(xy: str, quiet: bool = False, max_age: float = 24 * 3600) -> SourceTree:
     """The newest linux-source-X.Y of any reachable suite, unpacked (cached)."""
     from harness.acquire import _apt_root  # the private apt root; import cycle otherwise
