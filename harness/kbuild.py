@@ -77,13 +77,18 @@ def _build(objdir: Path, log: Path, label: str, quiet: bool) -> float:
 
 def check_system_map(table: Path, system_map: Path) -> list[str]:
     """Names several times in the recovered table whose count differs in System.map (they
-    would get other sympos); empty when the two agree."""
-    ours = collections.Counter(name for _, _, name in kallsyms.read(table))
+    would get other sympos); empty when the two agree. Only System.map entries of the kinds
+    the table has for that name count (without KALLSYMS_ALL kallsyms holds no data)."""
+    ours: collections.Counter[str] = collections.Counter()
+    kinds: dict[str, set[str]] = collections.defaultdict(set)
+    for _, kind, name in kallsyms.read(table):
+        ours[name] += 1
+        kinds[name].add(kind.lower())
     theirs: collections.Counter[str] = collections.Counter()
     with open(system_map, errors="replace") as handle:
         for line in handle:
             parts = line.split()
-            if len(parts) == 3 and parts[1] not in "aAU":
+            if len(parts) == 3 and ours[parts[2]] > 1 and parts[1].lower() in kinds[parts[2]]:
                 theirs[parts[2]] += 1
     return sorted(n for n, c in ours.items() if c > 1 and theirs[n] != c)
 

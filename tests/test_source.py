@@ -233,3 +233,18 @@ def test_failed_build_reports_last_error_lines(tmp_path: Path) -> None:
     assert str(err.value).endswith("b.c:3:1: error: expected ;\nmake: *** [b.o] Error 1")
     assert "  CC      a.o" in log.read_text()  # the log is kept, appended to
     assert error_tail(log, 1) == "make: *** [b.o] Error 1"
+
+
+def test_check_system_map_counts_like_kinds(tmp_path: Path) -> None:
+    from harness.kbuild import check_system_map
+
+    table = tmp_path / "kallsyms"
+    table.write_text(
+        "ffffffff81000000 t serial_in\nffffffff81000010 t serial_in\nffffffff81000020 T f\n"
+    )
+    smap = tmp_path / "System.map"
+    # Without KALLSYMS_ALL the data symbol of the same name is in System.map only: not counted.
+    smap.write_text(table.read_text() + "ffffffff82000000 d serial_in\n")
+    assert check_system_map(table, smap) == []
+    smap.write_text(table.read_text() + "ffffffff81000030 t serial_in\n")
+    assert check_system_map(table, smap) == ["serial_in"]
