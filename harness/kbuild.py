@@ -149,7 +149,8 @@ def _build_entry(
     # Built in place (not staged): kbuild records absolute paths. A failed build is resumed.
     entry.mkdir(parents=True, exist_ok=True)
     objdir, log = entry / "obj", entry / "build.log"
-    log.write_text(f"# klp-harness: {spec.text} from {tree.path}\n")
+    with open(log, "a") as handle:  # a resumed build keeps the earlier attempts' log
+        handle.write(f"# klp-harness: {spec.text} from {tree.path}\n")
     start = time.monotonic()
     say(f"configuring {name}: tinyconfig + {', '.join(p.name for p in fragments)}", quiet)
     configure(tree.path, objdir, fragments, log, quiet)
