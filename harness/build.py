@@ -119,7 +119,9 @@ def sympos_defines(positions: Mapping[str, int]) -> list[str]:
     return [f"-DKLP_SYMPOS_{re.sub(r'[^A-Za-z0-9_]', '_', n)}={p}" for n, p in positions.items()]
 
 
-def _make(kernel: Kernel, workdir: Path, log: Path, defines: list[str]) -> str:
+def _make(kernel: Kernel, workdir: Path, log: Path, defines: list[str], failed_log: Path) -> str:
+    """kbuild in `workdir`; on failure the log is also kept at `failed_log`, because the
+    staging dir holding `log` is removed."""
     toolchain = select(kernel)
     argv = [
         "make",
@@ -137,9 +139,12 @@ def _make(kernel: Kernel, workdir: Path, log: Path, defines: list[str]) -> str:
     )
     log.write_text(text)
     if proc.returncode != 0:
+        failed_log.write_text(text)
         raise BuildError(
-            f"building {workdir.name} for {kernel.name} failed (log: {log}):\n{_tail(text)}"
+            f"building {failed_log.stem} for {kernel.name} failed (log: {failed_log}):\n"
+            f"{_tail(text)}"
         )
+    failed_log.unlink(missing_ok=True)
     return text
 
 
@@ -182,7 +187,8 @@ def build_module(
             log = work / "build.log"
             symtab, _ = _symbol_data(kernel.kallsyms, kernel.symvers)
             defines = sympos_defines(_sympos(symtab, sample.convert.sympos))
-            undefined = modpost_undefined(_make(kernel, work, log, defines))
+            failed_log = final.parent / f"{sample.name}.failed.log"
+            undefined = modpost_undefined(_make(kernel, work, log, defines, failed_log))
             raw = work / f"{sample.module}.ko"
             if not raw.is_file():
                 raise BuildError(f"{sample.name}: kbuild made no {raw.name} (log: {log})")

@@ -217,6 +217,9 @@ class Guest:
             f"cat /proc/sys/kernel/tainted > {stem}.taint0\n"
             f"echo '{canary}' > /dev/kmsg\n"
             f"(\n{cmd}\n)\nrc=$?\n"  # a subshell: `exit` in cmd ends only cmd
+            # A message without a trailing newline is held back until the next one comes:
+            # the end line flushes what the command caused into this dmesg read.
+            f"echo '{canary} end' > /dev/kmsg\n"
             f"dmesg > {stem}.dmesg\n"
             f"cat /proc/sys/kernel/tainted > {stem}.taint1\n"
             "exit $rc\n"
@@ -237,6 +240,7 @@ class Guest:
             raise BootError(
                 self._message("command", f"canary {canary!r} not in dmesg (ring buffer overrun?)")
             )
+        lines = [line for line in lines if line.strip() != f"{canary} end"]
         return LoggedResult(CommandResult(cmd, result.output, result.status, result.seconds),
                             lines, before, after)  # fmt: skip
 
