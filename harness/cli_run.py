@@ -29,9 +29,11 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--matrix",
         type=Path,
+        action="append",
+        default=[],
         metavar="FILE",
         help="run every kernel a kernels/*.toml file (or directory) declares, e.g. "
-        "kernels/debian.toml; adds to --kernel",
+        "kernels/debian.toml; repeatable, adds to --kernel",
     )
     parser.add_argument(
         "-j",
@@ -68,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if not samples:
         raise UsageError("no modules to run: modules/ is empty and no --module was given")
     specs = list(args.kernel)
-    if args.matrix is not None:
-        specs += [d.spec for d in load_matrix(args.matrix)]
+    for matrix in args.matrix:
+        specs += [d.spec for d in load_matrix(matrix)]
     specs = list(dict.fromkeys(specs)) or [default_spec()]
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs takes a number >= 1")
