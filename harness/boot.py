@@ -34,8 +34,8 @@ KERNEL_ARGS = (
 _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 
 
-def vng_command(vmlinuz: Path, share_dir: Path, accel: str) -> list[str]:
-    """The virtme-ng command line for one boot."""
+def vng_command(vmlinuz: Path, share_dir: Path, accel: str, cpus: int | None = None) -> list[str]:
+    """The virtme-ng command line for one boot (`cpus`: guest vCPUs, vng's default if None)."""
     vng = shutil.which("vng")
     if vng is None:
         raise BootError("vng (virtme-ng) not found on PATH")
@@ -50,6 +50,8 @@ def vng_command(vmlinuz: Path, share_dir: Path, accel: str) -> list[str]:
         cmd += ["--append", arg]
     if accel == "tcg":
         cmd.append("--disable-kvm")
+    if cpus is not None:
+        cmd += ["--cpus", str(cpus)]
     return cmd
 
 
@@ -124,6 +126,7 @@ def boot(
     accel: str | None = None,
     timeout_scale: float | None = None,
     share_dir: Path | None = None,
+    cpus: int | None = None,
 ) -> Guest:
     """Boot `kernel`, return a `Guest` at a ready shell; use it as a context manager.
 
@@ -131,7 +134,9 @@ def boot(
     multiplies every timeout (default 1 for KVM, TCG_SCALE for TCG). The console log is
     written to `console_log`; command outputs, kallsyms.txt and a final dmesg.txt go to
     `share_dir` (default `<console_log stem>.files` beside it). Raises BootError (GuestDied,
-    GuestTimeout) with the console tail when the guest does not come up.
+    GuestTimeout) with the console tail when the guest does not come up. `cpus` sets the
+    guest's vCPUs: guests booted side by side each get their share of the host's cores (under
+    TCG every vCPU is a busy host thread).
     """
     if accel is None:
         choice = choose_accel(kernel.vmlinuz)
@@ -144,7 +149,7 @@ def boot(
         raise BootError(f"{kernel.name}: boot: no kernel image at {kernel.vmlinuz}")
     image = bootable_image(kernel)
     share = _share_dir(console_log, share_dir)
-    cmd = vng_command(image, share, choice.accel)
+    cmd = vng_command(image, share, choice.accel, cpus)
     console_log.parent.mkdir(parents=True, exist_ok=True)
     log = open(console_log, "wb")  # noqa: SIM115 - the Guest owns and closes it
     log.write(

@@ -98,7 +98,11 @@ def _not_run(item: Prepared, console_log: str) -> ModuleResult:
 
 
 def run_kernel(
-    spec: str, samples: Sequence[Sample], results_dir: Path, out: Printer
+    spec: str,
+    samples: Sequence[Sample],
+    results_dir: Path,
+    out: Printer,
+    cpus: int | None = None,
 ) -> KernelResult:
     from harness.acquire import acquire
     from harness.boot import boot
@@ -120,7 +124,7 @@ def run_kernel(
         log = results_dir / f"console-{kernel.name}.log"
         result.console_log = str(log)
         try:
-            with boot(kernel, log) as guest:
+            with boot(kernel, log, cpus=cpus) as guest:
                 result.accel, result.boot_seconds = guest.accel, round(guest.boot_seconds, 1)
                 out(f"{spec}: booted under {guest.accel} in {guest.boot_seconds:.1f} s")
                 for item in pending:
@@ -156,13 +160,15 @@ def run(
     results = RunResults(path=run_dir / "results.json")
     slots: list[KernelResult | None] = [None] * len(specs)
     lock = threading.Lock()
+    # Side by side, each guest gets its share of the cores; alone, vng's default.
+    cpus = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
 
     def one(index: int) -> None:
         spec = specs[index]
         start = time.monotonic()
         printer = out if jobs == 1 else (lambda line: out(f"[{spec}] {line.strip()}"))
         try:
-            kernel_result = run_kernel(spec, samples, run_dir, printer)
+            kernel_result = run_kernel(spec, samples, run_dir, printer, cpus)
         except HarnessError as err:  # e.g. a malformed expectation: that kernel's failure
             kernel_result = KernelResult(spec=spec, error=str(err))
         with lock:
