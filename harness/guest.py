@@ -23,6 +23,7 @@ from harness import dmesg
 from harness.errors import BootError
 
 TAIL_LINES = 40
+MAX_TAIL_LINES = 150  # a tail grows to this to keep a whole panic dump
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,18 @@ def console_tail(path: Path, lines: int = TAIL_LINES) -> str:
         return "(no console log)"
     text = dmesg.clean_console(raw.decode(errors="replace"))
     kept = [line.rstrip() for line in text.split("\n") if line.strip()]
-    return "\n".join(kept[-lines:]) or "(console log is empty)"
+    return "\n".join(kept[_tail_start(kept, lines) :]) or "(console log is empty)"
+
+
+def _tail_start(kept: list[str], lines: int) -> int:
+    """Where the tail starts: `lines` from the end, or earlier so that it holds the first
+    splat of the last MAX_TAIL_LINES lines and the two lines before it (what triggered it)."""
+    start = max(0, len(kept) - lines)
+    window = max(0, len(kept) - MAX_TAIL_LINES)
+    splats = dmesg.scan_splats([dmesg.strip_prefix(line) for line in kept[window:]])
+    if splats:
+        start = min(start, window + max(0, splats[0].index - 2))
+    return start
 
 
 class Guest:

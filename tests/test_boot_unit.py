@@ -103,9 +103,12 @@ def test_accel_probe_runs_once_and_env_overrides(monkeypatch: pytest.MonkeyPatch
 
 
 def test_console_tail_of_the_panic_log() -> None:
+    # Asked for 3 lines, the tail still reaches back to the first splat (the Oops the insmod
+    # caused, two lines before it) and runs to the panic at the end.
     tail = console_tail(DATA / "oops-then-panic.console.log", 3).splitlines()
-    assert len(tail) == 3
-    assert "Kernel panic - not syncing: sysrq triggered crash" in tail[1]
+    assert "insmod /tmp/klpboot-oops/oopsmod.ko" in tail[1]
+    assert "BUG: kernel NULL pointer dereference" in tail[2]
+    assert "Kernel panic - not syncing: sysrq triggered crash" in tail[-2]
     assert "\r" not in "".join(tail)
     assert console_tail(DATA / "missing.log") == "(no console log)"
 
@@ -167,3 +170,18 @@ def test_boot_phase_failure_names_phase_and_tail(tmp_path: Path) -> None:
     assert message.startswith("fake-6.1 (tcg): boot: the guest ended (qemu exit status 1); ")
     assert message.endswith("virtme-ng-init: mount failed")
     guest.close()
+
+
+def test_console_tail_keeps_a_long_panic_dump_whole(tmp_path: Path) -> None:
+    """A panic dump longer than the usual tail still starts at what triggered it."""
+    from harness.guest import TAIL_LINES, console_tail
+
+    lines = [f"[    1.0] boot line {i}" for i in range(100)]
+    lines += ["[    7.1] sysrq: Trigger a crash", "[    7.1] Kernel panic - not syncing: sysrq"]
+    lines += [f"[    7.2]  dump line {i}" for i in range(TAIL_LINES + 20)]
+    log = tmp_path / "console.log"
+    log.write_text("\n".join(lines) + "\n")
+    tail = console_tail(log).splitlines()
+    assert "sysrq: Trigger a crash" in tail[1] and tail[-1].endswith(f"dump line {TAIL_LINES + 19}")
+    log.write_text("\n".join(f"line {i}" for i in range(100)) + "\n")
+    assert len(console_tail(log).splitlines()) == TAIL_LINES  # no splat: the usual tail
