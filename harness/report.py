@@ -7,13 +7,13 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from harness.errors import FileReadError, ReportError
-from harness.results import FAIL, GOOD, NOT_RUN, OUTCOMES, XPASS
+from harness.results import FAIL, GOOD, NOT_RUN, OUTCOMES, XPASS, KernelResult
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "results.schema.json"
 REPORT_SCHEMA = "klp-harness/report/1"
@@ -52,21 +52,10 @@ NOT_IN_RUN = "not in this run"
 
 
 @dataclass
-class KernelRow:
-    """One kernel (keyed by its spec, so a new Debian ABI still meets its baseline)."""
+class KernelRow(KernelResult):
+    """One kernel of a results file (keyed by its spec, so a new Debian ABI still meets its
+    baseline); its modules become the grid's cells instead of staying here."""
 
-    spec: str
-    name: str = ""
-    release: str = ""
-    package_version: str = ""
-    packages: list[str] = field(default_factory=list)
-    config: dict[str, str] = field(default_factory=dict)
-    config_hash: str = ""
-    toolchain: str = ""
-    accel: str = ""
-    boot_seconds: float = 0.0
-    console_log: str = ""
-    error: str = ""
     results_file: str = ""
     started: str = ""
 
@@ -248,11 +237,9 @@ def merge(paths: Sequence[Path]) -> Grid:
             files.append(str(path))
             for k in data["kernels"]:
                 spec = k["spec"]
+                details = {f: k[f] for f in _KERNEL_FIELDS if f in k}
                 rows[spec] = KernelRow(
-                    spec=spec,
-                    **{key: k.get(key, default) for key, default in _KERNEL_FIELDS.items()},
-                    results_file=str(path),
-                    started=data["started"],
+                    spec=spec, **details, results_file=str(path), started=data["started"]
                 )
                 rows[spec].console_log = _locate(rows[spec].console_log, path.parent)
                 merged = modules.setdefault(spec, {})
@@ -267,19 +254,8 @@ def merge(paths: Sequence[Path]) -> Grid:
     return Grid(kernels, samples, cells, files)
 
 
-_KERNEL_FIELDS: dict[str, Any] = {
-    "name": "",
-    "release": "",
-    "package_version": "",
-    "packages": [],
-    "config": {},
-    "config_hash": "",
-    "toolchain": "",
-    "accel": "",
-    "boot_seconds": 0.0,
-    "console_log": "",
-    "error": "",
-}
+# A kernel's details in a results file: every KernelResult field but its modules.
+_KERNEL_FIELDS = tuple(f.name for f in fields(KernelResult) if f.name not in ("spec", "modules"))
 
 
 def _cell(row: KernelRow, sample: str, m: dict[str, Any] | None) -> Cell:
