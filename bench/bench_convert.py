@@ -72,8 +72,9 @@ def child_run(argv: list[str]) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ko", type=Path, help="module to convert (skips the download)")
     parser.add_argument("--deb", type=Path, help="an image package already downloaded")
     parser.add_argument("--package", default=DEFAULT_PACKAGE)
@@ -89,43 +90,68 @@ def main() -> int:
     undefined = sorted(undefined_symbols(ko))
     chosen = undefined[: args.count]
     symvers = work / "Module.symvers"
-    symvers.write_text("".join(f"0x00000000\t{n}\tvmlinux\tEXPORT_SYMBOL\t\n"
-                               for n in undefined[args.count:]))
+    symvers.write_text(
+        "".join(f"0x00000000\t{n}\tvmlinux\tEXPORT_SYMBOL\t\n" for n in undefined[args.count :])
+    )
     system_map = work / "System.map"
-    system_map.write_text("".join(f"{0xFFFFFFFF81000000 + 16 * i:016x} T {n}\n"
-                                  for i, n in enumerate(chosen)))
+    system_map.write_text(
+        "".join(f"{0xFFFFFFFF81000000 + 16 * i:016x} T {n}\n" for i, n in enumerate(chosen))
+    )
     out, copy = work / "out.ko", work / "objcopy.ko"
     table = SymbolTable.load(system_map)
-    exports = set(undefined[args.count:])
+    exports = set(undefined[args.count :])
 
-    t_objcopy = best_of(args.runs, lambda: subprocess.run(
-        ["objcopy", str(ko), str(copy)], check=True))
+    t_objcopy = best_of(
+        args.runs, lambda: subprocess.run(["objcopy", str(ko), str(copy)], check=True)
+    )
     report = convert_module(ko, out, symtab=table, exports=exports)
     t_lib = best_of(args.runs, lambda: convert_module(ko, out, symtab=table, exports=exports))
-    cli = [sys.executable, "-m", "harness.cli", "convert", str(ko), "-o", str(out),
-           "--system-map", str(system_map), "--symvers", str(symvers)]
+    cli = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "convert",
+        str(ko),
+        "-o",
+        str(out),
+        "--system-map",
+        str(system_map),
+        "--symvers",
+        str(symvers),
+    ]
     cli_runs = [child_run(cli) for _ in range(args.runs)]
     t_cli = min(t for t, _ in cli_runs)
     rss = max(r for _, r in cli_runs)
     _, rss_oc = child_run(["objcopy", str(ko), str(copy)])
     # the fixed cost of any Python CLI run: interpreter, numpy/pyelftools, the argparse tree
-    startup = [sys.executable, "-c", "import numpy, elftools.elf.elffile, harness.cli; "
-               "harness.cli.build_parser()"]
+    startup = [
+        sys.executable,
+        "-c",
+        "import numpy, elftools.elf.elffile, harness.cli; harness.cli.build_parser()",
+    ]
     t_start = min(child_run(startup)[0] for _ in range(args.runs))
 
     relocs = report.relocations
     print(f"module:        {ko} ({ko.stat().st_size / 1e6:.1f} MB, {len(undefined)} undefined)")
     print(f"converted:     {len(report.converted)} symbols, {relocs} relocations")
     print(f"objcopy:       {t_objcopy * 1000:.0f} ms (peak RSS {rss_oc:.0f} MB)")
-    print(f"library:       {t_lib * 1000:.0f} ms, {relocs / t_lib:,.0f} relocations/s, "
-          f"ratio to objcopy {t_lib / t_objcopy:.2f}x")
-    print(f"CLI (process): {t_cli * 1000:.0f} ms, {relocs / t_cli:,.0f} relocations/s, "
-          f"ratio to objcopy {t_cli / t_objcopy:.2f}x, peak RSS {rss:.0f} MB")
-    print(f"CLI startup:   {t_start * 1000:.0f} ms of it (interpreter + imports); "
-          f"CLI minus startup: {(t_cli - t_start) / t_objcopy:.2f}x objcopy")
+    print(
+        f"library:       {t_lib * 1000:.0f} ms, {relocs / t_lib:,.0f} relocations/s, "
+        f"ratio to objcopy {t_lib / t_objcopy:.2f}x"
+    )
+    print(
+        f"CLI (process): {t_cli * 1000:.0f} ms, {relocs / t_cli:,.0f} relocations/s, "
+        f"ratio to objcopy {t_cli / t_objcopy:.2f}x, peak RSS {rss:.0f} MB"
+    )
+    print(
+        f"CLI startup:   {t_start * 1000:.0f} ms of it (interpreter + imports); "
+        f"CLI minus startup: {(t_cli - t_start) / t_objcopy:.2f}x objcopy"
+    )
     ok = t_cli / t_objcopy <= TARGET_RATIO and rss < TARGET_RSS_MB
-    print(f"target (CLI <= {TARGET_RATIO}x objcopy, RSS < {TARGET_RSS_MB} MB): "
-          f"{'met' if ok else 'NOT met'}")
+    print(
+        f"target (CLI <= {TARGET_RATIO}x objcopy, RSS < {TARGET_RSS_MB} MB): "
+        f"{'met' if ok else 'NOT met'}"
+    )
     return 0
 
 

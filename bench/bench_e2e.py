@@ -35,6 +35,7 @@ from harness.acquire import acquire
 from harness.boot import bootable_image, vng_command
 from harness.build import build_with_requirements
 from harness.expect import all_samples
+from harness.guestroot import guest_root
 from harness.kernels import default_spec
 
 guest_seconds = 0.0
@@ -54,7 +55,7 @@ def _timed_boot(*args: Any, **kwargs: Any) -> Iterator[Any]:
 
 
 def bare_boot(vmlinuz: Path, accel: str, share: Path, script: str) -> float:
-    cmd = [*vng_command(vmlinuz, share, accel), "--exec", script]
+    cmd = [*vng_command(vmlinuz, share, accel, root=guest_root()), "--exec", script]
     start = time.monotonic()
     subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=600, check=False)
     return time.monotonic() - start

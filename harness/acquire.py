@@ -8,46 +8,42 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from harness import kallsyms
-from harness.apt import AptRoot, find_mirrors, parse_depends, read_host_sources
-from harness.cache import atomic_write_text, cache_dir, locked, staged_dir
+from harness.apt import AptRoot, pdeathsig
+from harness.cache import (
+    atomic_write_text,
+    cache_dir,
+    locked,
+    remove_tree,
+    staged_dir,
+    sweep_staging,
+)
 from harness.errors import KernelError
 from harness.kbuild import cached_source_kernel, source_kernel
 from harness.kernel import Kernel
-from harness.kernels import _ABI, Spec, parse_spec, resolve_name
+from harness.kernels import Spec, parse_spec, resolve_name
+from harness.local import local_kernel, local_store
+from harness.resolve import Pkg as Pkg
+from harness.resolve import Resolution as Resolution
+from harness.resolve import _apt_root as _apt_root
+from harness.resolve import _load_resolution, _resolution_file, _resolve_fresh
+from harness.resolve import apt_root as apt_root
+from harness.resolve import resolve as resolve
+from harness.verify import (
+    MARKER,
+    DamagedEntry,
+    deb_problem,
+    debian_entry,
+    debian_rels,
+    digest,
+    record,
+    vmlinuz_problem,
+)
 
-RESOLUTION_MAX_AGE = 24 * 3600
-MARKER = ".complete"
-_HEADERS_DEP = re.compile(r"^linux-(headers|kbuild)-")
-_SIGNED = re.compile(r"^linux-(image|binary)-.*(?<!-unsigned)$")
-
-
-@dataclass(frozen=True)
-class Pkg:
-    name: str
-    version: str
-    arch: str
-    size: int
-
-    @property
-    def deb(self) -> str:
-        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
-
-
-@dataclass(frozen=True)
-class Resolution:
-    abi: str
-    version: str
-    packages: tuple[Pkg, ...]
-    time: float
-
-    @property
-    def entry(self) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9.+~_-]", "_", self.version)
-        return cache_dir("kernels") / f"debian-{self.abi}_{safe}"
+RESOLUTION_MAX_AGE = MAX_AGE = 24 * 3600
 
 
 def _say(msg: str, quiet: bool) -> None:
@@ -55,123 +51,13 @@ def _say(msg: str, quiet: bool) -> None:
         print(f"klp-harness: {msg}", file=sys.stderr, flush=True)
 
 
+def _warn(msg: str) -> None:
+    """A repair of the cache: said even under --quiet."""
+    print(f"klp-harness: {msg}", file=sys.stderr, flush=True)
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
-
-
-# -- resolution through apt's dependency data ---------------------------------------------------
-
-
-def _record(apt: AptRoot, ref: str, pins: dict[str, int] | None) -> dict[str, str] | None:
-    return apt.show(ref, pins)
-
-
-def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
-    pins = spec.suite_priorities() or None
-    if spec.kind == "debian-suite":
-        meta_name = f"linux-image-{spec.flavour}"
-        meta = _record(apt, meta_name, pins)
-        if meta is None:
-            raise KernelError(f"{spec.text}: no {meta_name} in {spec.suite}")
-        image_deps = [
-            d
-            for d in parse_depends(meta.get("Depends", ""))
-            if d.name.startswith("linux-image-") and _ABI.match(d.name[12:])
-        ]
-        if not image_deps:
-            raise KernelError(
-                f"{spec.text}: {meta_name} {meta.get('Version')} names no "
-                "linux-image-<abi> in its Depends"
-            )
-        abi, version = image_deps[0].name[12:], image_deps[0].version
-    else:
-        abi, version = spec.abi, ""
-    image_ref = f"linux-image-{abi}" + (f"={version}" if version else "")
-    image = _record(apt, image_ref, pins)
-    if image is None:
-        raise KernelError(
-            f"{spec.text}: no such ABI: package linux-image-{abi} is in no suite of the mirror"
-        )
-    version = image["Version"]
-    found: dict[str, Pkg] = {}
-
-    def add(name: str, want: str, follow: re.Pattern[str] | None) -> None:
-        if name in found or f"{name}-unsigned" in found:
-            return
-        rec = None
-        if _SIGNED.match(name):  # the -unsigned twin holds the same files, unsigned
-            rec = _record(apt, f"{name}-unsigned={want}", None)
-        rec = rec or _record(apt, f"{name}={want}", None) or _record(apt, name, pins)
-        if rec is None:
-            raise KernelError(
-                f"{spec.text}: package {name} (needed by linux-image-{abi}) not found on the mirror"
-            )
-        found[rec["Package"]] = Pkg(
-            rec["Package"],
-            rec["Version"],
-            rec.get("Architecture", "amd64"),
-            int(rec.get("Size", "0")),
-        )
-        for dep in parse_depends(rec.get("Depends", "")):
-            if abi in dep.name or (follow is not None and follow.match(dep.name)):
-                # `=` pins the exact build; otherwise the same source version when it exists
-                add(dep.name, dep.version if dep.op == "=" else version, follow)
-
-    add(f"linux-image-{abi}", version, None)
-    add(f"linux-headers-{abi}", version, _HEADERS_DEP)
-    return Resolution(abi, version, tuple(found.values()), time.time())
-
-
-def _resolution_file(spec: Spec) -> Path:
-    return cache_dir("resolved") / (re.sub(r"[^A-Za-z0-9.+~_-]", "_", spec.text) + ".json")
-
-
-def _load_resolution(spec: Spec) -> Resolution | None:
-    try:
-        data = json.loads(_resolution_file(spec).read_text())
-        pkgs = tuple(Pkg(**p) for p in data["packages"])
-        return Resolution(data["abi"], data["version"], pkgs, float(data["time"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _save_resolution(spec: Spec, res: Resolution) -> None:
-    atomic_write_text(_resolution_file(spec), json.dumps(asdict(res), indent=1))
-
-
-def _apt_root() -> AptRoot:
-    apt = AptRoot(cache_dir("apt"), find_mirrors(read_host_sources()))
-    with locked(apt.root / "lists"):
-        apt.setup()
-    return apt
-
-
-def apt_root() -> AptRoot:
-    """The private apt root, set up and with fresh lists (for look-ups beyond acquire)."""
-    apt = _apt_root()
-    with locked(apt.root / "lists"):
-        apt.ensure_fresh(quiet=True)
-    return apt
-
-
-def resolve(spec_text: str) -> Resolution:
-    """What a spec names now (ABI, version, packages), without downloading anything."""
-    return _resolve_fresh(parse_spec(spec_text), quiet=True)[1]
-
-
-def _resolve_fresh(spec: Spec, quiet: bool) -> tuple[AptRoot, Resolution]:
-    apt = _apt_root()
-    with locked(apt.root / "lists"):  # concurrent runs: one updates, the others wait
-        apt.ensure_fresh(quiet)
-        try:
-            res = _resolve(apt, spec)
-        except KernelError:
-            if apt.updated:
-                raise
-            apt.update(quiet)  # a stale list may lack what the mirror has now: retry once
-            res = _resolve(apt, spec)
-    _save_resolution(spec, res)
-    return apt, res
 
 
 # -- extraction into the cache ----------------------------------------------------------------
@@ -208,7 +94,7 @@ def _fix_headers(tree: Path, final_root: Path) -> None:
 def _extract(deb: Path, root: Path, quiet: bool) -> None:
     _say(f"extracting {deb.name}", quiet)
     proc = subprocess.run(
-        ["dpkg-deb", "-x", str(deb), str(root)],
+        [*pdeathsig(), "dpkg-deb", "-x", str(deb), str(root)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -217,31 +103,62 @@ def _extract(deb: Path, root: Path, quiet: bool) -> None:
         raise KernelError(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()[-300:]}")
 
 
-def _complete(entry: Path) -> bool:
-    return (entry / MARKER).is_file() and (entry / "kernel.json").is_file()
+def _fetch_debs(apt: AptRoot | None, res: Resolution, quiet: bool) -> Path:
+    """Every .deb of `res` in the cache and as apt recorded it (Size, SHA256): a damaged one
+    is fetched again, saying so."""
+    debs = cache_dir("debs")
+    missing = []
+    for p in res.packages:
+        path = debs / p.deb
+        if path.is_file():
+            if not (problem := deb_problem(path, p.size, p.sha256)):
+                continue
+            _warn(f"{p.deb}: cached file damaged ({problem}), fetching again")
+            path.unlink()
+        missing.append(p)
+    if not missing:
+        return debs
+    apt = apt or _apt_root()
+    total = sum(p.size for p in missing)
+    _say(f"downloading {len(missing)} packages ({_mib(total)})", quiet)
+    if not sys.stderr.isatty():
+        for p in missing:
+            _say(f"  {p.name} {p.version} ({_mib(p.size)})", quiet)
+    with locked(apt.root / "lists"):  # apt-get reads the lists an update rewrites
+        apt.download([(p.name, p.version) for p in missing], debs, quiet)
+    for p in missing:
+        path = debs / p.deb
+        if not path.is_file():
+            raise KernelError(f"download failed: apt-get did not produce {p.deb}")
+        if problem := deb_problem(path, p.size, p.sha256):
+            path.unlink()
+            raise KernelError(f"download of {p.deb} is damaged ({problem})")
+    return debs
 
 
-def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> Path:
+_said: set[Path] = set()  # damaged entries already reported by this process
+
+
+def _sound(entry: Path) -> dict[str, Any] | None:
+    """The kernel.json of an installed entry that matches its manifest; a damaged one is
+    said so (once) and is then installed again."""
+    try:
+        return debian_entry(entry)
+    except DamagedEntry as err:
+        if entry not in _said:
+            _warn(f"{entry}: cached kernel damaged ({err}), installing it again")
+            _said.add(entry)
+        return None
+
+
+def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> Kernel:
     entry = res.entry
-    if _complete(entry):
-        return entry
     with locked(entry):
-        if _complete(entry):  # a concurrent run finished it
-            return entry
-        debs = cache_dir("debs")
-        missing = [p for p in res.packages if not (debs / p.deb).is_file()]
-        if missing:
-            apt = apt or _apt_root()
-            total = sum(p.size for p in missing)
-            _say(f"downloading {len(missing)} packages ({_mib(total)})", quiet)
-            if not sys.stderr.isatty():
-                for p in missing:
-                    _say(f"  {p.name} {p.version} ({_mib(p.size)})", quiet)
-            with locked(apt.root / "lists"):  # apt-get reads the lists an update rewrites
-                apt.download([(p.name, p.version) for p in missing], debs, quiet)
-            lost = [p.deb for p in missing if not (debs / p.deb).is_file()]
-            if lost:
-                raise KernelError(f"download failed: apt-get did not produce {', '.join(lost)}")
+        if meta := _sound(entry):  # installed, or a concurrent run just repaired it
+            return _kernel(spec, entry, meta)
+        for path, size in sweep_staging(entry):
+            _warn(f"removed {path}, left by an interrupted run ({_mib(size)})")
+        debs = _fetch_debs(apt, res, quiet)
         with staged_dir(entry) as tmp:
             root = tmp / "root"
             root.mkdir()
@@ -251,12 +168,14 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> P
             if not paths["vmlinuz"].is_file():
                 names = ", ".join(p.name for p in res.packages)
                 raise KernelError(f"{spec.text}: no vmlinuz for {res.abi} in {names}")
+            if problem := vmlinuz_problem(paths["vmlinuz"]):
+                raise KernelError(f"{spec.text}: {problem}")
             headers = root / "usr/src" / f"linux-headers-{res.abi}"
             _fix_headers(headers, entry / "root")
             _say(f"recovering the symbol table from {paths['vmlinuz'].name}", quiet)
             rec = kallsyms.recover(paths["vmlinuz"], tmp / "kallsyms")
             _say(f"{rec.count} symbols in {rec.seconds:.1f} s", quiet)
-            meta = {
+            info: dict[str, Any] = {
                 "abi": res.abi,
                 "version": res.version,
                 "packages": [f"{p.name}={p.version}" for p in res.packages],
@@ -264,14 +183,18 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> P
                 "headers": str(headers.relative_to(tmp)),
                 "symbols": rec.count,
                 "symbols_seconds": round(rec.seconds, 2),
+                "debs": {p.deb: list(digest(debs / p.deb)) for p in res.packages},
             }
-            atomic_write_text(tmp / "kernel.json", json.dumps(meta, indent=1))
+            info["files"] = record(tmp, debian_rels(tmp, info))
+            atomic_write_text(tmp / "kernel.json", json.dumps(info, indent=1))
             (tmp / MARKER).touch()
-    return entry
+    installed = debian_entry(entry)
+    if installed is None:
+        raise KernelError(f"{entry}: not installed after installing it")
+    return _kernel(spec, entry, installed)
 
 
-def _kernel(spec: Spec, entry: Path) -> Kernel:
-    meta = json.loads((entry / "kernel.json").read_text())
+def _kernel(spec: Spec, entry: Path, meta: dict[str, Any]) -> Kernel:
     headers = entry / meta["headers"]
     return Kernel(
         spec=spec.text,
@@ -289,77 +212,72 @@ def _kernel(spec: Spec, entry: Path) -> Kernel:
 
 
 def cached(spec: str) -> Kernel | None:
-    """The kernel from the cache only (whatever the resolution's age); never calls apt."""
+    """The kernel from the cache only (whatever the resolution's age); never calls apt.
+    A damaged entry is a KernelError saying how to repair it."""
     parsed = parse_spec(resolve_name(spec))
     if parsed.kind == "local":
-        return _local(parsed, quiet=True)
+        return local_kernel(parsed, quiet=True)
     if parsed.kind == "source":
         return cached_source_kernel(parsed)
-    res = _load_resolution(parsed) if parsed.kind.startswith("debian") else None
-    if res is None or not _complete(res.entry):
+    res = _load_resolution(parsed)
+    if res is None:
         return None
-    return _kernel(parsed, res.entry)
+    try:
+        meta = debian_entry(res.entry)
+    except DamagedEntry as err:
+        raise KernelError(
+            f"{parsed.text}: cached kernel {res.entry} damaged ({err}); "
+            f"`klp-harness kernels fetch {parsed.text}` installs it again"
+        ) from None
+    return _kernel(parsed, res.entry, meta) if meta else None
 
 
-def acquire(spec: str, *, quiet: bool = False) -> Kernel:
-    """Fetch (or find in the cache) the kernel `spec` names; see kernels/README.md."""
+def acquire(spec: str, *, quiet: bool = False, refresh: bool = False) -> Kernel:
+    """Fetch (or find in the cache) the kernel `spec` names; see kernels/README.md.
+    `refresh` drops what the cache holds for it first (entry and resolution)."""
     parsed = parse_spec(resolve_name(spec))
     if parsed.kind == "source":
+        if refresh:
+            _drop_source(parsed)
         return source_kernel(parsed, quiet=quiet)
     if parsed.kind == "local":
-        return _local(parsed, quiet)
+        if refresh:
+            store = local_store(parsed)
+            with locked(store / "kallsyms"):
+                remove_tree(store)
+        return local_kernel(parsed, quiet)
     res = _load_resolution(parsed)
-    if (
-        res is not None
-        and _complete(res.entry)
-        and (parsed.kind == "debian-abi" or time.time() - res.time < RESOLUTION_MAX_AGE)
-    ):
-        return _kernel(parsed, res.entry)  # warm: no apt at all
+    if refresh:
+        _resolution_file(parsed).unlink(missing_ok=True)
+        if res is not None:
+            _drop(res.entry)
+        res = None
+    if res is not None and (parsed.kind == "debian-abi" or time.time() - res.time < MAX_AGE):
+        meta = _sound(res.entry)
+        if meta is not None:
+            return _kernel(parsed, res.entry, meta)  # warm: no apt at all
     apt, res = _resolve_fresh(parsed, quiet)
-    return _kernel(parsed, _install(apt, res, parsed, quiet))
+    if refresh:
+        _drop(res.entry)
+    return _install(apt, res, parsed, quiet)
 
 
-# -- local:PATH, a user's own build tree ---------------------------------------------------------
+def _drop(entry: Path) -> None:
+    if entry.exists():
+        with locked(entry):
+            remove_tree(entry)
+        _warn(f"dropped {entry}")
 
 
-def _local(spec: Spec, quiet: bool) -> Kernel:
-    tree = spec.path
-    assert tree is not None
-    need = {
-        "bzImage": tree / "arch/x86/boot/bzImage",
-        "config": tree / ".config",
-        "Module.symvers": tree / "Module.symvers",
-        "System.map": tree / "System.map",
-    }
-    missing = [f"{k} ({v})" for k, v in need.items() if not v.is_file()]
-    if missing:
-        raise KernelError(f"{spec.text}: not a built kernel tree, missing {', '.join(missing)}")
-    release_file = tree / "include/config/kernel.release"
-    if not release_file.is_file():
-        raise KernelError(f"{spec.text}: {release_file} missing (run make in the tree)")
-    release = release_file.read_text().strip()
-    st = need["bzImage"].stat()
-    key = re.sub(r"[^A-Za-z0-9._-]", "_", f"{tree}".strip("/"))[-80:]
-    store = cache_dir("local", key)
-    table, stamp = store / "kallsyms", store / "kallsyms.source"
-    want = f"{st.st_size} {st.st_mtime_ns}"
-    with locked(table):
-        if not (table.is_file() and stamp.is_file() and stamp.read_text() == want):
-            _say(f"recovering the symbol table from {need['bzImage']}", quiet)
-            rec = kallsyms.recover(need["bzImage"], table)
-            _say(f"{rec.count} symbols in {rec.seconds:.1f} s", quiet)
-            atomic_write_text(stamp, want)
-    installed = tree / "lib/modules" / release  # `make modules_install INSTALL_MOD_PATH=<tree>`
-    modules = installed if installed.is_dir() else cache_dir("local", key, "modules", release)
-    return Kernel(
-        spec=spec.text,
-        name=f"local-{release}",
-        release=release,
-        package_version="local",
-        vmlinuz=need["bzImage"],
-        modules_dir=modules,
-        config=need["config"],
-        headers=tree,
-        symvers=need["Module.symvers"],
-        kallsyms=table,
-    )
+def _drop_source(spec: Spec) -> None:
+    if spec.path is not None:
+        raise KernelError(
+            f"{spec.text}: --refresh takes debian:, local: and source:X.Y: specs; for a tree "
+            f"of your own remove its build in {cache_dir('source-builds')}"
+        )
+    try:
+        kernel = cached_source_kernel(spec)
+    except KernelError:  # damaged: source_kernel builds it again anyway
+        return
+    if kernel is not None:
+        _drop(kernel.kallsyms.parent)

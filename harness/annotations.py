@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.elfread import SHT_NOBITS, SHT_RELA, ElfImage, cstring
 from harness.errors import AmbiguousSymbolError, UnsupportedElfError
+from harness.fileio import printable
 from harness.klpelf import ANNOTATION_ENTRY, ANNOTATION_PREFIX
 
 R_X86_64_64 = 1
@@ -52,7 +53,7 @@ def read_annotations(
                     or (info & 0xFFFFFFFF) != R_X86_64_64
                 ):
                     raise UnsupportedElfError(
-                        f"{img.path}: {sec.name}+{off:#x}: not a KLP_SYMPOS entry "
+                        f"{img.label}: {sec.label}+{off:#x}: not a KLP_SYMPOS entry "
                         "(packed {pointer, u32 sympos})"
                     )
                 index = info >> 32
@@ -62,8 +63,9 @@ def read_annotations(
                 old = found.get(index)
                 if old and (old.obj, old.sympos) != (obj, pos):
                     raise AmbiguousSymbolError(
-                        f"{img.path}: '{name}' is annotated twice: {old.obj} position "
-                        f"{old.sympos} and {obj} position {pos}"
+                        f"{img.label}: '{printable(name)}' is annotated twice: "
+                        f"{printable(old.obj)} position {old.sympos} and {printable(obj)} "
+                        f"position {pos}"
                     )
                 found[index] = note
     if dropped:
@@ -83,7 +85,7 @@ def read_annotations(
                     if refs:
                         name = cstring(strtab, int(syms["name"][refs.pop()]))
                         raise UnsupportedElfError(
-                            f"{img.path}: {rel.name} refers to '{name}' of an annotation "
-                            "section; annotation arrays must not be used by the module"
+                            f"{img.label}: {rel.label} refers to '{printable(name)}' of an "
+                            "annotation section; annotation arrays must not be used by the module"
                         )
     return found, dropped

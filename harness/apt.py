@@ -14,11 +14,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.cache import atomic_write_text
+from harness.cache import atomic_write_text, hold_dir, sweep_owned
 from harness.errors import KernelError
 from harness.kernels import RELEASES, all_suites
 
 LISTS_MAX_AGE = 24 * 3600
+DOWNLOAD_DIR = r"\.dl\.[a-z0-9_]{8}"  # apt-get download's temp dirs (mkdtemp's 8 characters)
+
+
+def pdeathsig() -> list[str]:
+    """An argv prefix that kills the child when the harness dies, even by SIGKILL (its own
+    children, tar under dpkg-deb, finish within seconds; the next sweep takes what they left)."""
+    return ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
 
 
 @dataclass(frozen=True)
@@ -348,12 +355,21 @@ class AptRoot:
         return records[0] if records else None
 
     def download(self, wanted: list[tuple[str, str]], dest: Path, quiet: bool = False) -> None:
-        """`apt-get download name=version...` into `dest`, through a temp dir (no partial .deb)."""
+        """`apt-get download name=version...` into `dest`, through a temp dir (no partial .deb).
+
+        The caller holds the lists lock, which serialises downloads: the temp dirs of killed
+        runs (their flock is free) are swept first."""
         dest.mkdir(parents=True, exist_ok=True)
+        for path, size in sweep_owned(dest, DOWNLOAD_DIR):
+            print(f"klp-harness: removed {path} ({size >> 20} MiB), left by a killed run",
+                  file=sys.stderr)  # fmt: skip
         tty = sys.stderr.isatty() and not quiet
-        with tempfile.TemporaryDirectory(dir=dest, prefix=".dl.") as tmp:
+        tmp = tempfile.mkdtemp(dir=dest, prefix=".dl.")
+        owner = hold_dir(Path(tmp))
+        try:
             proc = subprocess.run(
                 [
+                    *pdeathsig(),
                     "apt-get",
                     *self.options(),
                     *([] if tty else ["-q"]),
@@ -378,6 +394,9 @@ class AptRoot:
                 )
             for deb in Path(tmp).glob("*.deb"):
                 shutil.move(str(deb), dest / deb.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.close(owner)
 
 
 def deb_filename(name: str, version: str, arch: str) -> str:

@@ -1,8 +1,9 @@
 """Boot a kernel under QEMU with virtme-ng and hand back a console session (`Guest`).
 
-The host root is shared read-only (virtme-ng's default; never `--rw`), so the guest sees
-host paths: `insmod /abs/host/path/mod.ko` works. One writable directory is shared
-(`--rwdir`) for command output and big files.
+The guest boots on a minimal root made for it (harness.guestroot), never the host's: it
+sees the run's shared directory at /klp/share (writable: command output, big files) and the
+module builds of the kernel under test at /klp/modules (read-only); `Guest.path()` maps a
+host path there.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pexpect
 
-from harness import cache
-from harness.accel import ACCELS, AccelChoice, choose_accel
+from harness import cache, guestroot
+from harness.accel import ACCELS, AccelChoice, choose_accel, die_with_parent
 from harness.errors import BootError
+from harness.fileio import exclusive_file
 from harness.guest import CommandResult, Guest, GuestDied, GuestTimeout
 from harness.kernel import Kernel
 
@@ -34,16 +37,40 @@ KERNEL_ARGS = (
 _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 
 
-def vng_command(vmlinuz: Path, share_dir: Path, accel: str, cpus: int | None = None) -> list[str]:
-    """The virtme-ng command line for one boot (`cpus`: guest vCPUs, vng's default if None)."""
-    vng = shutil.which("vng")
+def find_vng() -> str:
+    """vng beside the running interpreter (the venv's bin/, which need not be on PATH),
+    else on PATH."""
+    vng = shutil.which("vng", path=os.path.dirname(sys.executable)) or shutil.which("vng")
     if vng is None:
-        raise BootError("vng (virtme-ng) not found on PATH")
+        raise BootError(
+            f"vng (virtme-ng) not found beside {sys.executable} nor on PATH (pip install virtme-ng)"
+        )
+    return vng
+
+
+def vng_environment(vng: str) -> dict[str, str]:
+    """The environment for vng: its own directory first on PATH, because vng starts
+    `virtme-run` (installed beside it) through the shell."""
+    path = os.environ.get("PATH", os.defpath)
+    return {**os.environ, "PATH": os.pathsep.join([os.path.dirname(vng), path])}
+
+
+def vng_command(
+    vmlinuz: Path,
+    share_dir: Path,
+    accel: str,
+    cpus: int | None = None,
+    *,
+    root: Path,
+    modules: Path | None = None,
+) -> list[str]:
+    """The virtme-ng command line for one boot on the minimal `root` (harness.guestroot),
+    with `share_dir` writable and `modules` read-only (`cpus`: vCPUs, vng's default if None)."""
+    vng = find_vng()
     cmd = [
         vng, "--run", str(vmlinuz),
         "--force-9p",  # no virtiofsd wait: 9p is what Debian's generic flavour can mount
-        "--rwdir", str(share_dir),
-        "--shell", "/bin/sh",  # no readline, no rc files: a plain, predictable console
+        *guestroot.vng_args(root, share_dir, modules),
         "--qemu-opts=-no-reboot",
     ]  # fmt: skip
     for arg in KERNEL_ARGS:
@@ -108,6 +135,7 @@ def bootable_image(kernel: Kernel) -> Path:
 
 
 def _share_dir(console_log: Path, share_dir: Path | None) -> Path:
+    """The guest's writable directory: a new one beside the console log unless given."""
     share = share_dir or console_log.parent / f"{console_log.stem}.files"
     share = Path(os.path.abspath(share))
     if not _PLAIN_PATH.match(str(share)):
@@ -115,7 +143,10 @@ def _share_dir(console_log: Path, share_dir: Path | None) -> Path:
             f"{share}: the guest's shared directory needs a plain path "
             "(letters, digits, / . _ + -): virtme-ng passes it on the kernel command line"
         )
-    share.mkdir(parents=True, exist_ok=True)
+    try:
+        share.mkdir(parents=True, exist_ok=share_dir is not None)
+    except FileExistsError:
+        raise BootError(f"{share}: exists already; a boot's shared directory is new") from None
     return share
 
 
@@ -127,6 +158,7 @@ def boot(
     timeout_scale: float | None = None,
     share_dir: Path | None = None,
     cpus: int | None = None,
+    modules: Path | None = None,
 ) -> Guest:
     """Boot `kernel`, return a `Guest` at a ready shell; use it as a context manager.
 
@@ -148,18 +180,29 @@ def boot(
     if not kernel.vmlinuz.is_file():
         raise BootError(f"{kernel.name}: boot: no kernel image at {kernel.vmlinuz}")
     image = bootable_image(kernel)
-    share = _share_dir(console_log, share_dir)
-    cmd = vng_command(image, share, choice.accel, cpus)
-    console_log.parent.mkdir(parents=True, exist_ok=True)
-    log = open(console_log, "wb")  # noqa: SIM115 - the Guest owns and closes it
+    # A new console log per boot (`-2`, `-3`... when the name is taken): never another's.
+    console_log, log = exclusive_file(console_log)
+    try:
+        share = _share_dir(console_log, share_dir)
+        cmd = vng_command(
+            image, share, choice.accel, cpus, root=guestroot.guest_root(), modules=modules
+        )
+    except BaseException:
+        log.close()
+        raise
     log.write(
         f"# klp-harness: {' '.join(cmd)}\n# accel: {choice.accel} ({choice.reason})\n".encode()
     )
     log.flush()
     try:
+        # pexpect makes vng a session leader on a new pty. If the harness dies, even by
+        # SIGKILL, the pty master closes: the hangup SIGHUPs vng, and vng's exit SIGHUPs its
+        # foreground group, where sh, virtme-run and qemu (which ends on SIGHUP) are.
+        # PDEATHSIG kills vng too should the master stay open (inherited by a fork).
         child = pexpect.spawn(
-            cmd[0], cmd[1:], cwd="/", echo=False, dimensions=(50, 250), timeout=None
-        )
+            cmd[0], cmd[1:], cwd="/", echo=False, dimensions=(50, 250), timeout=None,
+            env=vng_environment(cmd[0]), preexec_fn=die_with_parent(),
+        )  # fmt: skip
     except (pexpect.ExceptionPexpect, OSError) as err:
         log.close()
         raise BootError(f"{kernel.name}: boot: cannot start vng: {err}") from None
@@ -174,6 +217,7 @@ def boot(
         log_handle=log,
         share_dir=share,
         command_line=cmd,
+        modules=modules,
     )
     try:
         guest.wait_ready(BOOT_TIMEOUT * scale)

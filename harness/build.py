@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
-import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Mapping
@@ -20,8 +21,9 @@ from pathlib import Path
 from harness import __version__
 from harness.cache import cache_dir, cache_root, locked, staged_dir
 from harness.convert import ConvertReport, convert_module
-from harness.errors import BuildError
+from harness.errors import BuildError, HarnessError
 from harness.expect import Sample, required_sample
+from harness.fileio import read_regular
 from harness.kernel import Kernel
 from harness.sign import sign_module
 from harness.symbols import SymbolTable, load_symvers
@@ -30,6 +32,13 @@ from harness.toolchain import select
 INCLUDE_DIR = Path(__file__).resolve().parent / "include"
 _UNDEFINED = re.compile(r'(?:WARNING|ERROR): modpost: "([^"]+)" \[[^\]]+\] undefined!')
 STAMP = "klp-harness.stamp"
+# Every path make sees (M=, -C, KCFLAGS) is harness-chosen and plain: make expands `$(...)`
+# in command-line variables, and kbuild splits on spaces.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+~-]+")  # `~`: Debian versions
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}")
+MAX_SOURCE_FILE = 64 * 2**20
+MAX_SOURCE_FILES = 10_000
+RESERVED = (STAMP, "build.log", "klp")  # what the harness writes into the build directory
 
 
 @dataclass(frozen=True)
@@ -56,18 +65,92 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def build_name(sample: Sample) -> str:
+    """The sample's directory name in the build cache: its own name when plain, else a
+    sanitised one with a hash of its path (never `..`, `$(...)`, spaces or quotes)."""
+    if _PLAIN_NAME.fullmatch(sample.name):
+        return sample.name
+    stem = re.sub(r"[^A-Za-z0-9_+-]+", "_", sample.name).strip("_")[:40] or "module"
+    digest = hashlib.sha256(os.fsencode(sample.path)).hexdigest()[:12]
+    return f"{stem}-{digest}"
+
+
+def source_files(root: Path) -> list[tuple[str, Path]]:
+    """(relative name, path) of every file to copy from a module directory, sorted.
+
+    Only regular files and directories; a symlink is taken (its content copied) when it
+    points to a regular file inside the directory. Anything else is refused with one line:
+    a FIFO would hang the copy, a link out of the tree would copy host files into the cache.
+    """
+    top = root.resolve()
+    found: list[tuple[str, Path]] = []
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as err:
+            raise BuildError(
+                f"{directory}: cannot list the module directory: {err.strerror}"
+            ) from None
+        for entry in entries:
+            path = Path(entry.path)
+            name = os.fspath(path.relative_to(top))
+            if name in RESERVED:
+                raise BuildError(f"{path}: the harness writes {name} into the build; rename it")
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                target = path.resolve()
+                if not (target.is_relative_to(top) and target.is_file()):
+                    raise BuildError(
+                        f"{path}: a symbolic link to {target}, not to a regular file inside "
+                        "the module directory"
+                    )
+            elif stat.S_ISDIR(mode):
+                pending.append(path)
+                continue
+            elif not stat.S_ISREG(mode):
+                raise BuildError(
+                    f"{path}: not a regular file or directory; a module directory holds "
+                    "only sources"
+                )
+            found.append((name, path))
+            if len(found) > MAX_SOURCE_FILES:
+                raise BuildError(f"{top}: more than {MAX_SOURCE_FILES} files")
+    return sorted(found, key=lambda item: os.fsencode(item[0]))
+
+
+def _read_source(path: Path) -> bytes:
+    try:
+        return read_regular(path, MAX_SOURCE_FILE)
+    except HarnessError as err:
+        raise BuildError(f"module source {err}") from None
+
+
+def _copy_sources(files: list[tuple[str, Path]], work: Path) -> None:
+    for name, path in files:
+        dest = work / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(_read_source(path))
+        dest.chmod(path.stat().st_mode & 0o755 | 0o600)
+
+
 def _fingerprint(
-    kernel: Kernel, sample: Sample, toolchain: str, deps: Mapping[str, BuiltModule]
+    kernel: Kernel,
+    sample: Sample,
+    toolchain: str,
+    deps: Mapping[str, BuiltModule],
+    sources: list[tuple[str, Path]],
 ) -> str:
     digest = hashlib.sha256()
     parts = [__version__, kernel.name, kernel.package_version, toolchain, repr(sample.convert)]
     parts += [f"{name}={dep.fingerprint}" for name, dep in sorted(deps.items())]
     for part in parts:
         digest.update(part.encode() + b"\0")
-    files = sorted(p for p in sample.path.rglob("*") if p.is_file())
-    files += sorted(INCLUDE_DIR.glob("*.h"))
+    for name, path in sources:
+        digest.update(os.fsencode(name) + b"\0" + _read_source(path) + b"\0")
     # The harness's own sources (the converter among them): a change must redo conversions.
-    files += sorted(Path(__file__).resolve().parent.glob("*.py"))
+    files = sorted(INCLUDE_DIR.glob("*.h")) + sorted(Path(__file__).resolve().parent.glob("*.py"))
     for path in files:
         digest.update(str(path.name).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -123,6 +206,15 @@ def _make(kernel: Kernel, workdir: Path, log: Path, defines: list[str], failed_l
     """kbuild in `workdir`; on failure the log is also kept at `failed_log`, because the
     staging dir holding `log` is removed."""
     toolchain = select(kernel)
+    for path, what in (
+        (workdir, "the build directory (in the cache: choose another --cache-dir)"),
+        (kernel.headers, f"{kernel.name}'s headers"),
+        (INCLUDE_DIR, "klp-harness's own headers (where it is installed)"),
+    ):
+        if not _PLAIN_PATH.fullmatch(str(path)):
+            raise BuildError(
+                f"{path}: kbuild needs a plain path (letters, digits, / . _ + ~ -) for {what}"
+            )
     argv = [
         "make",
         "-C",
@@ -132,7 +224,7 @@ def _make(kernel: Kernel, workdir: Path, log: Path, defines: list[str], failed_l
         "KBUILD_MODPOST_WARN=1",
         " ".join([f"KCFLAGS=-I{INCLUDE_DIR}", *defines]),
     ]
-    command = toolchain.command(argv, binds=[cache_root(), INCLUDE_DIR, workdir])
+    command = toolchain.command(argv, binds=[cache_root(), kernel.headers, INCLUDE_DIR, workdir])
     proc = subprocess.run(command, capture_output=True, text=True, errors="replace")
     text = (
         f"$ {' '.join(command)}\n# toolchain: {toolchain.description}\n{proc.stdout}{proc.stderr}"
@@ -140,9 +232,9 @@ def _make(kernel: Kernel, workdir: Path, log: Path, defines: list[str], failed_l
     log.write_text(text)
     if proc.returncode != 0:
         failed_log.write_text(text)
+        name = failed_log.name.removesuffix(".failed.log")
         raise BuildError(
-            f"building {failed_log.stem} for {kernel.name} failed (log: {failed_log}):\n"
-            f"{_tail(text)}"
+            f"building {name} for {kernel.name} failed (log: {failed_log}):\n{_tail(text)}"
         )
     failed_log.unlink(missing_ok=True)
     return text
@@ -166,6 +258,11 @@ def build_with_requirements(
     return built, tuple(deps[name] for name in sample.requires)
 
 
+def builds_dir(kernel: Kernel) -> Path:
+    """Every module build for `kernel`: the guest sees this directory, read-only."""
+    return cache_dir("builds", kernel.name)
+
+
 def build_module(
     kernel: Kernel, sample: Sample, deps: Mapping[str, BuiltModule] | None = None
 ) -> BuiltModule:
@@ -176,18 +273,20 @@ def build_module(
     deps = deps or {}
     start = time.monotonic()
     toolchain = select(kernel).description
-    final = cache_dir("builds", kernel.name) / sample.name
-    fingerprint = _fingerprint(kernel, sample, toolchain, deps)
+    final = builds_dir(kernel) / build_name(sample)
+    sources = source_files(sample.path)
+    fingerprint = _fingerprint(kernel, sample, toolchain, deps, sources)
     with locked(final):
         stamp = _read_stamp(final)
         if stamp and stamp.get("fingerprint") == fingerprint:
             return _result(sample, final, stamp, cached=True, seconds=time.monotonic() - start)
         with staged_dir(final) as work:
-            shutil.copytree(sample.path, work, dirs_exist_ok=True)
+            # A copy under a harness-chosen name: the user's path never reaches make.
+            _copy_sources(sources, work)
             log = work / "build.log"
             symtab, _ = _symbol_data(kernel.kallsyms, kernel.symvers)
             defines = sympos_defines(_sympos(symtab, sample.convert.sympos))
-            failed_log = final.parent / f"{sample.name}.failed.log"
+            failed_log = final.parent / f"{final.name}.failed.log"
             undefined = modpost_undefined(_make(kernel, work, log, defines, failed_log))
             raw = work / f"{sample.module}.ko"
             if not raw.is_file():

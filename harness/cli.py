@@ -11,6 +11,7 @@ from pathlib import Path
 from harness import __version__
 from harness.cache import set_cache_root
 from harness.errors import HarnessError
+from harness.fileio import printable_lines
 
 # Each module has `register(subparsers)`; its parsers set `func=run(args) -> int`.
 # Keyed by command so that a run imports only the module of its own command.
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except HarnessError as err:
-        print(f"klp-harness: {err}", file=sys.stderr)
+        print(f"klp-harness: {printable_lines(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("klp-harness: interrupted", file=sys.stderr)

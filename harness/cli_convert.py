@@ -1,15 +1,23 @@
 """`klp-harness convert MODULE -o OUT` and `klp-harness inspect MODULE`: thin layers
-over harness.convert and harness.inspect_klp."""
+over harness.convert and harness.inspect_klp.
+
+Every name printed comes from a file the user may not trust (a .ko, a symbol table): it is
+printed escaped (fileio.printable), so a crafted symbol name cannot move the cursor or draw
+a line of its own. --json needs nothing: json.dumps escapes control characters.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from harness.errors import HarnessError, UsageError
+from harness.fileio import printable
 
 VERDICT_EXIT = 1  # `inspect` found a symbol the kernel would not resolve
 
@@ -53,7 +61,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="say what was left alone")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run_convert)
+    p.set_defaults(func=_escaped(run_convert))
 
     q = sub.add_parser(
         "inspect",
@@ -65,7 +73,22 @@ def register(sub: Any) -> None:
     q.add_argument("module", type=Path)
     _target_args(q)
     q.add_argument("--json", action="store_true", help="machine-readable output")
-    q.set_defaults(func=run_inspect)
+    q.set_defaults(func=_escaped(run_inspect))
+
+
+def _escaped(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Any error message escaped once more on its way out: the libraries escape what they
+    take from files, and this covers any message that forgot to (idempotent)."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except HarnessError as err:
+            err.args = (printable(err),)
+            raise
+
+    return wrapper
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
@@ -99,7 +122,9 @@ def _sympos(values: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, text in _pairs(values, "--sympos"):
         if not text.isdigit():
-            raise UsageError(f"--sympos {name}={text}: the position must be a number >= 0")
+            raise UsageError(
+                f"--sympos {printable(name)}={printable(text)}: the position must be a number >= 0"
+            )
         out[name] = int(text)
     return out
 
@@ -141,7 +166,7 @@ def run_convert(args: argparse.Namespace) -> int:
     objects = {name: Path(p) for name, p in _pairs(args.object_symbols, "--object-symbols")}
     dst = args.module if args.in_place else args.output
     if not args.in_place and dst.exists() and dst.resolve() == args.module.resolve():
-        raise UsageError(f"{dst}: output is the input; use -i to rewrite in place")
+        raise UsageError(f"{printable(dst)}: output is the input; use -i to rewrite in place")
     table, exports = _load_target(args, need_symbols=True)
     report = convert_module(
         args.module,
@@ -154,7 +179,7 @@ def run_convert(args: argparse.Namespace) -> int:
         force=args.force,
     )
     for warning in report.warnings:
-        print(f"klp-harness: warning: {warning}", file=sys.stderr)
+        print(f"klp-harness: warning: {printable(warning)}", file=sys.stderr)
     if args.json:
         print(
             json.dumps(
@@ -182,15 +207,15 @@ def run_convert(args: argparse.Namespace) -> int:
         return 0
     if args.verbose:
         for name in report.left_alone:
-            print(f"left alone: {name} (exported by the target)")
+            print(f"left alone: {printable(name)} (exported by the target)")
         for c in report.converted:
             where = f" at {c.address:#018x}" if c.address is not None else ""
-            print(f"converted: {c.klp_name} ({c.relocations} relocations){where}")
+            print(f"converted: {printable(c.klp_name)} ({c.relocations} relocations){where}")
     if report.already_converted:
-        print(f"{args.module}: already converted, nothing to do")
+        print(f"{printable(args.module)}: already converted, nothing to do")
     else:
         print(
-            f"{report.output}: converted {len(report.converted)} symbols, "
+            f"{printable(report.output)}: converted {len(report.converted)} symbols, "
             f"{report.relocations} relocations"
         )
     return 0
@@ -219,7 +244,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             )
         )
     elif not relocs:
-        print(f"{args.module}: no klp relocations")
+        print(f"{printable(args.module)}: no klp relocations")
     else:
         print(format_table(relocs, judged if table is not None or judged else None))
     return 0 if all(v.ok for v in judged) else VERDICT_EXIT

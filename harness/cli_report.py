@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError
+from harness.fileio import printable
 
 # Exit statuses besides the common ones (2 usage, 3 unreadable file, 25 malformed results).
 OK, FAILED = 0, 1
@@ -74,7 +75,7 @@ def output_format(args: argparse.Namespace) -> str:
         fmt = SUFFIXES.get(args.output.suffix.lower())
         if fmt is None:
             raise UsageError(
-                f"{args.output}: cannot tell the format from the suffix; "
+                f"{printable(args.output)}: cannot tell the format from the suffix; "
                 "give --format md|html|junit|json"
             )
         return fmt
@@ -82,7 +83,7 @@ def output_format(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.cache import atomic_write_text
+    from harness.fileio import atomic_write_text
     from harness.render import headline, render
     from harness.report import build
 
@@ -93,13 +94,17 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         args.output.parent.mkdir(parents=True, exist_ok=True)
+        # a new path or a regular file is replaced atomically; /dev/stdout, /dev/null or a
+        # FIFO is written through, never replaced by a regular file
         atomic_write_text(args.output, text)
-        print(f"klp-harness: {headline(report)}", file=sys.stderr)
-        print(f"klp-harness: report written to {args.output}", file=sys.stderr)
+        print(f"klp-harness: {printable(headline(report))}", file=sys.stderr)
+        print(f"klp-harness: report written to {printable(args.output)}", file=sys.stderr)
     regressions, failures = report.regressions, report.failures
     for cell in regressions:
+        # names from the results files: escaped, they cannot draw lines of their own
         print(
-            f"klp-harness: regression: {cell.sample} on {cell.kernel}: {cell.outcome}",
+            f"klp-harness: regression: {printable(cell.sample)} on {printable(cell.kernel)}: "
+            f"{printable(cell.outcome)}",
             file=sys.stderr,
         )
     if args.fail_on == "regression" and regressions:

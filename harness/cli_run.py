@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.kernels import default_spec, load_matrix
+    from harness.kernels import default_spec, load_matrix, parse_spec
     from harness.runner import default_jobs
     from harness.runner import run as run_all
 
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     for matrix in args.matrix:
         specs += [d.spec for d in load_matrix(matrix)]
     specs = list(dict.fromkeys(specs)) or [default_spec()]
+    for spec in specs:
+        parse_spec(spec)  # a bad spec is a usage problem (exit 20), not a result to write
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs takes a number >= 1")
     jobs = min(len(specs), args.jobs or default_jobs())

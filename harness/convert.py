@@ -36,6 +36,7 @@ from harness.errors import (
     SymposRangeError,
     UsageError,
 )
+from harness.fileio import atomic_write_chunks, printable
 from harness.klpelf import check_names, klp_symbol_name, parse_klp_symbol
 from harness.rewrite import Rewrite
 from harness.symbols import VMLINUX, SymbolTable, module_name, module_symbols
@@ -126,19 +127,21 @@ class _Planner:
         self.warnings: list[str] = []
 
     def choose(self, index: int, name: str) -> _Choice:
-        path = self.img.path
+        path = self.img.label
         note = self.annotations.get(index)
         explicit = self.sympos.get(name, note.sympos if note else None)
         obj = note.obj if note else self._object_of(name)
+        # names from the module or the symbol table, as messages show them
+        shown, where = printable(name), printable(obj)
         if obj != VMLINUX and not self.livepatch:
             raise ModuleTargetError(
-                f"{path}: '{name}' is a symbol of module {obj}, but this is not a livepatch "
+                f"{path}: '{shown}' is a symbol of module {where}, but this is not a livepatch "
                 f"module: {SKIPPED_BY_ORDINARY}"
             )
         if obj != VMLINUX and not self.symtab.has_object(obj):
             raise SymbolNotFoundError(
-                f"{path}: '{name}' targets module {obj}: give its symbols with "
-                f"--object-symbols {obj}=PATH.ko"
+                f"{path}: '{shown}' targets module {where}: give its symbols with "
+                f"--object-symbols {where}=PATH.ko"
             )
         self.warnings += check_names(path, obj, name)
         cands = self.symtab.candidates(name, obj)
@@ -146,29 +149,29 @@ class _Planner:
         if not cands:
             if forced:
                 self.warnings.append(
-                    f"'{name}' is not in the symbol table of {obj}; converted anyway (--force)"
+                    f"'{shown}' is not in the symbol table of {where}; converted anyway (--force)"
                 )
                 return _Choice(index, name, obj, explicit or 0, None)
             raise SymbolNotFoundError(
-                f"{path}: '{name}' is not exported and not in the symbol table of {obj} "
-                f"({self.symtab.source})"
+                f"{path}: '{shown}' is not exported and not in the symbol table of {where} "
+                f"({printable(self.symtab.source)})"
             )
         if explicit is None:
             if len(cands) > 1:
                 listed = ", ".join(c.describe() for c in cands)
                 raise AmbiguousSymbolError(
-                    f"{path}: '{name}' occurs {len(cands)} times in {obj} (position, type, "
-                    f"address: {listed}); choose one with --sympos {name}=N or KLP_SYMPOS"
+                    f"{path}: '{shown}' occurs {len(cands)} times in {where} (position, type, "
+                    f"address: {listed}); choose one with --sympos {shown}=N or KLP_SYMPOS"
                 )
             explicit = 0
         elif explicit == 0 and len(cands) > 1:
             self.warnings.append(
-                f"'{name}' has {len(cands)} candidates in {obj} but sympos 0 "
+                f"'{shown}' has {len(cands)} candidates in {where} but sympos 0 "
                 "was asked for: the kernel will refuse it as ambiguous"
             )
         elif explicit > len(cands):
             msg = (
-                f"sympos {explicit} for '{name}' but {obj} has only {len(cands)} "
+                f"sympos {explicit} for '{shown}' but {where} has only {len(cands)} "
                 f"candidate(s): {', '.join(c.describe() for c in cands)}"
             )
             if not forced:
@@ -177,7 +180,7 @@ class _Planner:
             return _Choice(index, name, obj, explicit, None)
         res = self.symtab.resolve(name, explicit, obj)
         if not res.ok and res.status == "not-found":
-            self.warnings.append(f"{obj}: {res.message}; the kernel will refuse it")
+            self.warnings.append(f"{where}: {printable(res.message)}; the kernel will refuse it")
         relative = obj in self.symtab.relative
         return _Choice(index, name, obj, explicit, None if relative else res.address)
 
@@ -187,7 +190,8 @@ class _Planner:
         others = [o for o in self.symtab.objects_with(name) if o != VMLINUX]
         if len(others) > 1:
             raise AmbiguousSymbolError(
-                f"{self.img.path}: '{name}' is defined in several modules ({', '.join(others)}) "
+                f"{self.img.label}: '{printable(name)}' is defined in several modules "
+                f"({printable(', '.join(others))}) "
                 "and not in vmlinux; pick one with a KLP_MODULE_RELOC annotation"
             )
         return others[0] if others else VMLINUX
@@ -237,17 +241,19 @@ def convert_module(
     missing = sorted(wanted - set(undefined) - existing)
     if missing:
         raise SymbolNotFoundError(
-            f"{src}: --symbol {missing[0]}: the module has no undefined symbol of that name"
+            f"{img.label}: --symbol {printable(missing[0])}: the module has no undefined "
+            "symbol of that name"
         )
     warnings = [
-        f"--sympos {n}: not converted here, ignored" for n in sorted(set(sympos) - set(todo))
+        f"--sympos {printable(n)}: not converted here, ignored"
+        for n in sorted(set(sympos) - set(todo))
     ]
     if not todo and not dropped:
         already = bool(existing)
         if not already:
             warnings.append("nothing to convert")
         if src.resolve() != dst.resolve():
-            _copy(src, dst)
+            atomic_write_chunks(dst, [img.view], src.stat().st_mode & 0o777)
         return ConvertReport(
             src, dst, (), tuple(left_alone), already, tuple(warnings), img.is_livepatch()
         )
@@ -279,12 +285,6 @@ def _klp_names(img: ElfImage, syms: Any, strtab: bytes) -> list[str]:
     return [cstring(strtab, int(syms["name"][i])) for i in idx]
 
 
-def _copy(src: Path, dst: Path) -> None:
-    from harness.cache import atomic_write_chunks
-
-    atomic_write_chunks(dst, [src.read_bytes()], src.stat().st_mode & 0o777)
-
-
 def check_relocations(img: ElfImage, index: int, arr: Any, moved: Any, names: Any) -> None:
     """Refuse a relocation type the x86-64 loader refuses, or a field outside its section."""
     import numpy as np
@@ -297,13 +297,14 @@ def check_relocations(img: ElfImage, index: int, arr: Any, moved: Any, names: An
         i = int(np.flatnonzero(~accepted)[0])
         sym = names(int(moved["info"][i] >> np.uint64(32)))
         raise RelocationTypeError(
-            f"{img.path}: {sec.name}+{int(moved['offset'][i]):#x}: {reloc_name(int(types[i]))} "
-            f"against '{sym}' is refused by the x86-64 module loader"
+            f"{img.label}: {sec.label}+{int(moved['offset'][i]):#x}: "
+            f"{reloc_name(int(types[i]))} against '{printable(sym)}' is refused by the x86-64 "
+            "module loader"
         )
     if target.type == SHT_NOBITS and len(moved):
-        raise NotElfError(f"{img.path}: relocations in {sec.name} against a NOBITS section")
+        raise NotElfError(f"{img.label}: relocations in {sec.label} against a NOBITS section")
     widths = np.zeros(len(types), dtype=np.uint64)
     for rtype, width in RELOC_WIDTH.items():
         widths[types == rtype] = width
     if len(moved) and bool(((moved["offset"] + widths) > np.uint64(target.size)).any()):
-        raise NotElfError(f"{img.path}: a relocation in {sec.name} is outside {target.name}")
+        raise NotElfError(f"{img.label}: a relocation in {sec.label} is outside {target.label}")

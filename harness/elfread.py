@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import FileReadError, NoSymtabError, NotElfError, UnsupportedElfError
+from harness.errors import NoSymtabError, NotElfError, UnsupportedElfError
+from harness.fileio import printable, read_regular
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -35,6 +36,7 @@ STT_SECTION = 3
 
 EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 64, 24, 24
 MAX_ALIGN = 1 << 20  # larger alignments only appear in corrupted files
+MODULE_LIMIT = 1 << 30  # a debug build's .ko can pass 100 MiB; refuse what cannot be one
 
 # Relocation types x86-64's apply_relocate_add() accepts (besides R_X86_64_NONE).
 R_X86_64_NONE = 0
@@ -111,6 +113,11 @@ class Section:
     entsize: int
     name_offset: int
 
+    @property
+    def label(self) -> str:
+        """The name as messages show it (control characters escaped)."""
+        return printable(self.name)
+
 
 def cstring(table: bytes, offset: int) -> str:
     """The NUL-terminated string at `offset`; latin-1 keeps every byte round-trippable."""
@@ -125,6 +132,7 @@ class ElfImage:
 
     def __init__(self, path: Path, data: bytes) -> None:
         self.path = path
+        self.label = printable(path)  # the path as messages show it
         self.data = data
         self.view = memoryview(data)
         shdr_t, self.sym_t, self.rela_t = _dtypes()
@@ -138,32 +146,31 @@ class ElfImage:
 
     @classmethod
     def load(cls, path: Path) -> ElfImage:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as err:
-            raise FileReadError(f"{path}: cannot read: {err.strerror or err}") from None
+        """Read `path`: a regular file of at most MODULE_LIMIT bytes (a FIFO or /dev/zero
+        is refused, not read forever)."""
+        data = read_regular(path, MODULE_LIMIT, what=f"{printable(path)}: cannot read")
         return cls(Path(path), data)
 
     # --- validation -------------------------------------------------------------------------
 
     def _fail(self, what: str) -> NotElfError:
-        return NotElfError(f"{self.path}: malformed or truncated ELF: {what}")
+        return NotElfError(f"{self.label}: malformed or truncated ELF: {what}")
 
     def _check_ident(self) -> None:
         head = self.data[:6]
         for magic, kind in _COMPRESSED.items():
             if head.startswith(magic):
-                raise NotElfError(f"{self.path}: {kind}-compressed, not ELF; decompress it first")
+                raise NotElfError(f"{self.label}: {kind}-compressed, not ELF; decompress it first")
         if not self.data.startswith(b"\x7fELF"):
-            raise NotElfError(f"{self.path}: not an ELF file")
+            raise NotElfError(f"{self.label}: not an ELF file")
         if len(self.data) < 16:
             raise self._fail("truncated ELF identification")
         only = "only x86-64 (ELF64 little-endian) is supported"
         eclass, edata = self.data[4], self.data[5]
         if eclass == 1:
-            raise UnsupportedElfError(f"{self.path}: 32-bit ELF; {only}")
+            raise UnsupportedElfError(f"{self.label}: 32-bit ELF; {only}")
         if edata == 2:
-            raise UnsupportedElfError(f"{self.path}: big-endian ELF; {only}")
+            raise UnsupportedElfError(f"{self.label}: big-endian ELF; {only}")
         if eclass != 2 or edata != 1:
             raise self._fail(f"invalid ELF class/data bytes {eclass}/{edata}")
         if len(self.data) < EHDR_SIZE:
@@ -178,14 +185,14 @@ class ElfImage:
             self.shoff, self.shnum = int(header["e_shoff"]), int(header["e_shnum"])
             self.shentsize, self.shstrndx = int(header["e_shentsize"]), int(header["e_shstrndx"])
         except Exception as err:  # pyelftools raises many kinds on corrupt headers
-            raise self._fail(f"bad ELF header ({err})") from None
+            raise self._fail(f"bad ELF header ({printable(err)})") from None
         if machine != "EM_X86_64":
             raise UnsupportedElfError(
-                f"{self.path}: machine {machine}; only x86-64 (ELF64 little-endian) is supported"
+                f"{self.label}: machine {machine}; only x86-64 (ELF64 little-endian) is supported"
             )
         if etype != "ET_REL":
             raise UnsupportedElfError(
-                f"{self.path}: ELF type {etype}, expected a relocatable object (.o or .ko)"
+                f"{self.label}: ELF type {etype}, expected a relocatable object (.o or .ko)"
             )
         if self.shnum == 0 or self.shoff == 0:
             raise self._fail("no section header table (or extended section numbering)")
@@ -230,7 +237,7 @@ class ElfImage:
     def _find_symtab(self) -> int:
         found = [s.index for s in self.sections if s.type == SHT_SYMTAB]
         if not found:
-            raise NoSymtabError(f"{self.path}: no symbol table (.symtab); was it stripped?")
+            raise NoSymtabError(f"{self.label}: no symbol table (.symtab); was it stripped?")
         if len(found) > 1:
             raise self._fail("more than one symbol table")
         sec = self.sections[found[0]]
@@ -239,7 +246,7 @@ class ElfImage:
         if not sec.info <= sec.size // SYM_SIZE:
             raise self._fail("symbol table sh_info past its end")
         if any(s.type == SHT_SYMTAB_SHNDX for s in self.sections):
-            raise UnsupportedElfError(f"{self.path}: extended section indexes are not supported")
+            raise UnsupportedElfError(f"{self.label}: extended section indexes are not supported")
         return found[0]
 
     # --- access ---------------------------------------------------------------------------
@@ -291,11 +298,11 @@ class ElfImage:
 
         sec = self.sections[index]
         if sec.entsize != RELA_SIZE or sec.size % RELA_SIZE:
-            raise self._fail(f"relocation section {sec.name} entry size {sec.entsize}")
+            raise self._fail(f"relocation section {sec.label} entry size {sec.entsize}")
         if sec.link != self.symtab_index:
-            raise self._fail(f"relocation section {sec.name} does not use the symbol table")
+            raise self._fail(f"relocation section {sec.label} does not use the symbol table")
         if not 0 < sec.info < self.shnum:
-            raise self._fail(f"relocation section {sec.name} sh_info {sec.info} out of range")
+            raise self._fail(f"relocation section {sec.label} sh_info {sec.info} out of range")
         arr = np.frombuffer(
             self.data, dtype=self.rela_t, count=sec.size // RELA_SIZE, offset=sec.offset
         )
@@ -303,7 +310,7 @@ class ElfImage:
             arr = arr.copy()
         nsyms = self.sections[self.symtab_index].size // SYM_SIZE
         if arr.size and int((arr["info"] >> np.uint64(32)).max()) >= nsyms:
-            raise self._fail(f"relocation section {sec.name} refers to a symbol past the table")
+            raise self._fail(f"relocation section {sec.label} refers to a symbol past the table")
         return arr
 
     def rela_sections(self) -> list[Section]:

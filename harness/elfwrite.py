@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness.cache import atomic_write_chunks
 from harness.elfread import EHDR_SIZE, SHDR_SIZE, SHN_LORESERVE, SHT_NOBITS
 from harness.errors import UnsupportedElfError
+from harness.fileio import atomic_write_chunks
 
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 

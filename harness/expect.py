@@ -76,6 +76,7 @@ class Sample:
     convert: ConvertOptions
     cases: tuple[tuple[Condition, Expectation], ...]
     requires: tuple[str, ...] = ()  # samples built first, loaded before this one, unloaded after
+    timeout: float = 60.0  # seconds (under KVM; scaled for TCG) each guest command may take
 
     def expectation(self, kernel: Kernel) -> Expectation:
         if self.min_kernel and kernel.version < self.min_kernel:
@@ -118,6 +119,30 @@ def _regexes(value: object, where: str) -> tuple[str, ...]:
     return patterns
 
 
+_KINDS = {str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _toml(value: object) -> str:
+    """A value as TOML spells it, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "an array"
+    return "a table" if isinstance(value, dict) else type(value).__name__
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    """`table[key]` (else `default`) of exactly type `kind` (a boolean is no integer)."""
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ExpectationError(f"{where}: `{key}` must be {_KINDS[kind]}, got {_toml(value)}")
+    return value
+
+
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = set(table) - allowed
     if unknown:
@@ -144,9 +169,7 @@ def _check(data: object, where: str) -> GuestCheck:
     if not isinstance(data, dict) or not isinstance(data.get("cmd"), str):
         raise ExpectationError(f'{where}: a check needs `cmd = "..."`')
     _check_keys(data, {"cmd", "output", "dmesg", "status"}, where)
-    status = data.get("status", 0)
-    if not isinstance(status, int):
-        raise ExpectationError(f"{where}: `status` must be an integer")
+    status = _typed(data, "status", int, 0, where)
     return GuestCheck(
         cmd=data["cmd"],
         output=_regexes(data.get("output"), f"{where}.output"),
@@ -171,7 +194,7 @@ def _expectation(data: object, where: str) -> tuple[Condition, Expectation]:
         raise ExpectationError(f'{where}: `taint` is a string of taint letters, e.g. "K"')
     expectation = Expectation(
         outcome=outcome,
-        reason=str(data.get("reason", "")),
+        reason=_typed(data, "reason", str, "", where),
         dmesg=_regexes(data.get("dmesg"), f"{where}.dmesg"),
         resolved=_strings(data.get("resolved"), f"{where}.resolved"),
         checks=tuple(_check(c, f"{where}.check[{i}]") for i, c in enumerate(checks)),
@@ -189,7 +212,7 @@ def _convert(data: object, where: str) -> ConvertOptions:
     _check_keys(data, {"symbols", "sympos", "force", "object_symbols"}, where)
     sympos = data.get("sympos", {})
     if not isinstance(sympos, dict) or not all(
-        (isinstance(v, int) and v >= 0) or v == "last" for v in sympos.values()
+        (type(v) is int and v >= 0) or v == "last" for v in sympos.values()
     ):
         raise ExpectationError(f'{where}.sympos: maps symbol names to positions >= 0 or "last"')
     objects = data.get("object_symbols", {})
@@ -198,7 +221,7 @@ def _convert(data: object, where: str) -> ConvertOptions:
     return ConvertOptions(
         symbols=_strings(data.get("symbols"), f"{where}.symbols"),
         sympos=dict(sympos),
-        force=bool(data.get("force", False)),
+        force=_typed(data, "force", bool, False, where),
         object_symbols=dict(objects),
     )
 
@@ -214,8 +237,13 @@ def load_sample(path: Path) -> Sample:
         raise ExpectationError(f"{file}: not valid TOML: {err}") from None
     where = str(file)
     _check_keys(
-        data, {"description", "module", "min_kernel", "convert", "expect", "requires"}, where
+        data,
+        {"description", "module", "min_kernel", "convert", "expect", "requires", "timeout"},
+        where,
     )
+    timeout = data.get("timeout", 60)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ExpectationError(f"{where}: `timeout` is a number of seconds > 0")
     module = data.get("module")
     if not isinstance(module, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", module):
         raise ExpectationError(f"{where}: `module` must name the .ko built by Kbuild")
@@ -226,11 +254,12 @@ def load_sample(path: Path) -> Sample:
         name=path.name,
         path=path.resolve(),
         module=module,
-        description=str(data.get("description", "")),
+        description=_typed(data, "description", str, "", where),
         min_kernel=_version(data["min_kernel"], where) if "min_kernel" in data else None,
         convert=_convert(data.get("convert"), f"{where}: [convert]"),
         cases=tuple(_expectation(c, f"{where}: expect[{i}]") for i, c in enumerate(cases)),
         requires=_strings(data.get("requires"), f"{where}: requires"),
+        timeout=float(timeout),
     )
 
 

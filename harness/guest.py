@@ -4,13 +4,21 @@ The console only carries short control lines and end markers; every command's ou
 to a file in a directory shared read-write with the host (virtme-ng `--rwdir`), so kernel
 messages interleaving on the console can never corrupt it, and big outputs (kallsyms) cost
 a 9p write instead of a slow serial transfer under TCG.
+
+The guest runs untrusted kernel code and can write that directory: every name in it may be
+a symlink, a FIFO, a device node or a huge file by the time the host looks. So the host
+creates its scripts exclusively under unpredictable names, reads only regular files, never
+through a link, up to a bound, all relative to a directory fd opened at boot; and after
+power-off it removes whatever the guest left there that is not a regular file or directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +28,14 @@ from typing import IO, NoReturn
 import pexpect
 
 from harness import dmesg
-from harness.errors import BootError
+from harness.errors import BootError, FileReadError
+from harness.fileio import MissingFileError, open_dir, read_regular, write_new
+from harness.guestroot import GUEST_SHARE, guest_path
 
 TAIL_LINES = 40
 MAX_TAIL_LINES = 150  # a tail grows to this to keep a whole panic dump
+OUTPUT_LIMIT = 16 << 20  # a command's output, a dmesg dump: far above a 1 MiB log buffer
+KALLSYMS_LIMIT = 256 << 20  # /proc/kallsyms of a big config is tens of MiB
 
 
 @dataclass(frozen=True)
@@ -34,12 +46,27 @@ class LoggedResult:
     taint_after: int
 
 
-class GuestDied(BootError):
+class GuestError(BootError):
+    """A running guest was lost. `what` is the one-line cause, `tail` the console's last
+    lines at that moment (the evidence a step that was running gets)."""
+
+    def __init__(self, message: str, what: str = "", tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.what = what or message.split("\n", 1)[0]
+        self.tail = tail
+
+
+class GuestDied(GuestError):
     """The guest ended by itself: a panic (`panic=-1`, `-no-reboot`), a triple fault, qemu died."""
 
 
-class GuestTimeout(BootError):
+class GuestTimeout(GuestError):
     """The guest did not answer in time (hang, or boot too slow); it has been stopped."""
+
+
+class GuestFileError(GuestError):
+    """A file the guest was to write is not a plain regular file of sane size (a symlink,
+    FIFO, device node, directory or huge file): the guest is hostile and is stopped."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +122,7 @@ class Guest:
         log_handle: IO[bytes],
         share_dir: Path,
         command_line: list[str],
+        modules: Path | None = None,
     ) -> None:
         self._child = child
         self.kernel_name = kernel_name
@@ -103,15 +131,18 @@ class Guest:
         self.timeout_scale = timeout_scale
         self.console_log = console_log
         self._log = log_handle
-        self.share_dir = share_dir
+        self.share_dir = share_dir  # on the host; the guest sees it at GUEST_SHARE
+        self.modules = modules  # host dir of module builds the guest sees at GUEST_MODULES
         self.command_line = command_line
         self.boot_seconds = 0.0
         self._token = "KLPH" + secrets.token_hex(6)
         self._seq = 0
+        self._stems: dict[int, str] = {}
         self._dead = False
         self._closed = False
         self._kallsyms: str | None = None
         self._started = time.monotonic()
+        self._dir_fd = open_dir(share_dir)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -135,7 +166,7 @@ class Guest:
         deadline = self._started + timeout
         self._expect(r"[#$] ", max(1.0, deadline - time.monotonic()), "boot", "no shell prompt")
         setup = (
-            f"stty -echo; PS1=''; PS2=''; cd {self.share_dir} && dmesg -n 1; "
+            f"stty -echo; PS1=''; PS2=''; cd {GUEST_SHARE} && dmesg -n 1; "
             f"echo 0 > /proc/sys/kernel/kptr_restrict; printf '%s:%s\\n' {self._token} ready"
         )
         # The line may reach the shell before it reads its terminal; resend until answered.
@@ -173,9 +204,16 @@ class Guest:
         finally:
             self._closed = True
             self._child.close(force=True)
+            for path, kind in sweep_special_files(self.share_dir):
+                self._note(f"removed {kind} {path} that the guest left in the shared dir")
+            os.close(self._dir_fd)
             self._log.close()
 
     # -- commands --------------------------------------------------------------------------
+
+    def path(self, host_path: Path) -> str:
+        """The guest's path of a host file under the exposed module builds."""
+        return guest_path(host_path, self.modules)
 
     def run(self, cmd: str, timeout: float = 60, note: str | None = None) -> CommandResult:
         """Run `cmd` with /bin/sh in the guest (cwd: the shared dir, stdin /dev/null).
@@ -184,10 +222,13 @@ class Guest:
         guest raises GuestTimeout / GuestDied, and the guest is no longer usable.
         """
         if not self.alive:
-            raise GuestDied(self._message("command", f"guest is not running for {cmd!r}"))
+            raise self._error(GuestDied, "command", f"guest is not running for {cmd!r}")
         self._seq += 1
-        stem = f"cmd-{self._seq:04d}"
-        (self.share_dir / f"{stem}.sh").write_text(cmd + "\n")
+        stem = self._stem(self._seq)
+        try:
+            write_new(f"{stem}.sh", (cmd + "\n").encode(), dir_fd=self._dir_fd)
+        except FileReadError as err:
+            self._fail_hostile(f"cannot write the command script: {err}")
         line = (
             f"sh {stem}.sh >{stem}.out 2>&1 </dev/null; r=$?; echo $r >{stem}.rc; "
             f"printf '%s:%s:%s\\n' {self._token} {self._seq} $r"
@@ -195,15 +236,20 @@ class Guest:
         self._note(f"[{self._seq}] {note or cmd}")
         start = time.monotonic()
         self._child.sendline(line)
-        status = self._wait_status(stem, timeout * self.timeout_scale, f"no answer to {cmd!r}")
+        status = self._wait_status(
+            stem, timeout * self.timeout_scale, f"no answer to {note or cmd!r}"
+        )
         seconds = time.monotonic() - start
-        try:
-            output = (self.share_dir / f"{stem}.out").read_bytes().decode(errors="replace")
-        except OSError as err:
-            raise BootError(
-                self._message("command", f"output of {cmd!r} not readable: {err.strerror}")
-            ) from None
+        output = self.read_file(f"{stem}.out").decode(errors="replace")
         return CommandResult(cmd, output, status, seconds)
+
+    def read_file(self, name: str, limit: int = OUTPUT_LIMIT) -> bytes:
+        """A file the guest wrote in the shared dir: regular, not a link, at most `limit`
+        bytes; anything else stops the guest with GuestFileError."""
+        try:
+            return read_regular(name, limit, follow=False, dir_fd=self._dir_fd, what=name)
+        except FileReadError as err:
+            self._fail_hostile(str(err))
 
     def checked(self, cmd: str, timeout: float = 60) -> str:
         """`run` that treats a non-zero status as a broken guest; for the helpers below."""
@@ -223,7 +269,7 @@ class Guest:
         """`cmd` between a /dev/kmsg canary and a dmesg read, with the taint before and after,
         all in one round trip: the kernel lines it caused come back with its output."""
         seq = self._seq + 1  # the number `run` gives this command
-        stem = f"cmd-{seq:04d}"
+        stem = self._stem(seq)
         canary = dmesg.canary_line(label, f"{self._token}-{seq}")
         script = (
             f"cat /proc/sys/kernel/tainted > {stem}.taint0\n"
@@ -237,13 +283,13 @@ class Guest:
             "exit $rc\n"
         )
         result = self.run(script, timeout, note=f"{label}: {cmd}")
+        log = self.read_file(f"{stem}.dmesg").decode(errors="replace")
         try:
-            log = (self.share_dir / f"{stem}.dmesg").read_text(errors="replace")
             before, after = (
-                dmesg.parse_tainted((self.share_dir / f"{stem}.taint{i}").read_text())
+                dmesg.parse_tainted(self.read_file(f"{stem}.taint{i}", 64).decode(errors="replace"))
                 for i in (0, 1)
             )
-        except (OSError, ValueError) as err:
+        except ValueError as err:
             raise BootError(
                 self._message("command", f"{cmd!r}: kernel state not read: {err}")
             ) from None
@@ -275,7 +321,8 @@ class Guest:
         """The guest's /proc/kallsyms, fetched once per boot through the shared dir."""
         if self._kallsyms is None:
             self.checked("cat /proc/kallsyms > kallsyms.txt", timeout=120)
-            self._kallsyms = (self.share_dir / "kallsyms.txt").read_text(errors="replace")
+            data = self.read_file("kallsyms.txt", KALLSYMS_LIMIT)
+            self._kallsyms = data.decode(errors="replace")
         return self._kallsyms
 
     @property
@@ -290,6 +337,20 @@ class Guest:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _stem(self, seq: int) -> str:
+        """File names of command `seq`: numbered for readers, with a part the guest cannot
+        guess before the host picks it, so nothing can be planted under them."""
+        if seq not in self._stems:
+            self._stems[seq] = f"cmd-{seq:04d}-{secrets.token_hex(4)}"
+        return self._stems[seq]
+
+    def _fail_hostile(self, what: str) -> NoReturn:
+        self._dead = True
+        self._child.close(force=True)
+        raise self._error(
+            GuestFileError, "shared dir", f"{what}; the guest was stopped (hostile or broken)"
+        )
+
     def _note(self, text: str) -> None:
         """A host-side line in the console log, so it reads as a transcript."""
         first, *rest = text.splitlines() or [""]
@@ -298,10 +359,15 @@ class Guest:
         self._log.flush()
 
     def _message(self, phase: str, what: str) -> str:
-        return (
+        return str(self._error(GuestError, phase, what))
+
+    def _error(self, kind: type[GuestError], phase: str, what: str) -> GuestError:
+        tail = console_tail(self.console_log)
+        message = (
             f"{self.kernel_name} ({self.accel}): {phase}: {what}\n"
-            f"--- last console lines ({self.console_log}) ---\n{console_tail(self.console_log)}"
+            f"--- last console lines ({self.console_log}) ---\n{tail}"
         )
+        return kind(message, f"{phase}: {what}", tuple(tail.split("\n")))
 
     def _expect(
         self, pattern: str, timeout: float, phase: str, what: str, *, retry: bool = False
@@ -319,8 +385,8 @@ class Guest:
             self._child.close(force=True)
             code, sig = self._child.exitstatus, self._child.signalstatus
             status = f"qemu exit status {code}" if code is not None else f"signal {sig}"
-            raise GuestDied(
-                self._message(phase, f"the guest ended ({status}{self._cause()}); {what}")
+            raise self._error(
+                GuestDied, phase, f"the guest ended ({status}{self._cause()}); {what}"
             )
         if retry:
             raise _Retry
@@ -333,7 +399,6 @@ class Guest:
         the console (possible when the console log level is raised).
         """
         deadline = time.monotonic() + timeout
-        rc_file = self.share_dir / f"{stem}.rc"
         marker = rf"{self._token}:{self._seq}:(\d+)\r*\n"
         while True:
             left = deadline - time.monotonic()
@@ -341,11 +406,22 @@ class Guest:
                 match = self._expect(marker, min(1.0, max(left, 0.01)), "command", what, retry=True)
                 return int(match.group(1))
             except _Retry:
-                text = rc_file.read_text().strip() if rc_file.exists() else ""
+                text = self._rc_file(f"{stem}.rc")
                 if text.isdigit():
                     return int(text)
                 if left <= 0:
                     self._fail_timeout("command", f"{what} within {timeout:.0f} s")
+
+    def _rc_file(self, name: str) -> str:
+        """The `.rc` file's text once the guest has written it, else ""."""
+        try:
+            return read_regular(name, 64, follow=False, dir_fd=self._dir_fd).decode().strip()
+        except MissingFileError:
+            return ""
+        except FileReadError as err:
+            self._fail_hostile(str(err))
+        except UnicodeDecodeError:
+            return ""
 
     def _cause(self) -> str:
         """The console's last splat (usually the panic line), as a hint in the message."""
@@ -355,8 +431,32 @@ class Guest:
     def _fail_timeout(self, phase: str, what: str) -> NoReturn:
         self._dead = True
         self._child.close(force=True)
-        raise GuestTimeout(self._message(phase, what + "; the guest was stopped"))
+        raise self._error(GuestTimeout, phase, what + "; the guest was stopped")
 
 
 class _Retry(Exception):
     """Internal: a wait that the caller retries."""
+
+
+def sweep_special_files(top: Path) -> list[tuple[Path, str]]:
+    """Remove every entry under `top` that is neither a regular file nor a directory
+    (symlinks, FIFOs, device nodes, sockets), without following links; return what went.
+
+    Run after the guest is gone, so that no later reader of the results (a report, an
+    artifact upload that follows links) can be led out of them.
+    """
+    removed: list[tuple[Path, str]] = []
+    for root, dirs, files in os.walk(top, followlinks=False):
+        for name in dirs + files:
+            path = Path(root) / name
+            try:
+                mode = path.lstat().st_mode
+            except OSError:
+                continue
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                continue
+            kind = "symlink" if stat.S_ISLNK(mode) else "special file"
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append((path, kind))
+    return removed

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.elfread import RELOC_WIDTH, SHN_LIVEPATCH, ElfImage, cstring, reloc_name
+from harness.fileio import printable
 from harness.klpelf import KSYM_NAME_MAX_OLD, is_klp_rela, parse_klp_rela, parse_klp_symbol
 from harness.symbols import VMLINUX, SymbolTable
 
 
 @dataclass(frozen=True)
 class KlpReloc:
+    """Names as in the file (JSON escapes them); messages and the table escape them."""
+
     section: str  # the .klp.rela section
     section_object: str  # <obj> of the section name ("" when malformed)
     target: str  # the section the relocation writes into (sh_info)
@@ -107,6 +110,7 @@ def verdicts(
 
 def _verdict(rels: list[KlpReloc], symtab: SymbolTable | None, livepatch: bool) -> Verdict:
     first = rels[0]
+    symbol = printable(first.symbol)
 
     def v(status: str, message: str, address: int | None = None) -> Verdict:
         return Verdict(
@@ -123,24 +127,24 @@ def _verdict(rels: list[KlpReloc], symtab: SymbolTable | None, livepatch: bool) 
     if not all(r.livepatch_symbol for r in rels):
         return v(
             "not-livepatch-symbol",
-            f"symbol {first.symbol} is not marked as a livepatch "
+            f"symbol {symbol} is not marked as a livepatch "
             "symbol (st_shndx != SHN_LIVEPATCH): the load fails",
         )
     if not first.object:
-        return v("malformed", f"symbol {first.symbol} has an incorrectly formatted name")
+        return v("malformed", f"symbol {symbol} has an incorrectly formatted name")
     accepted = {reloc_name(t) for t in (0, *RELOC_WIDTH)}
     bad = [r for r in rels if r.type not in accepted]
     if bad:
         return v(
             "bad-type",
-            f"{bad[0].type} in {bad[0].section}+{bad[0].offset:#x} is refused "
+            f"{bad[0].type} in {printable(bad[0].section)}+{bad[0].offset:#x} is refused "
             "by the x86-64 module loader",
         )
     module_secs = sorted({r.section_object for r in rels if r.section_object != VMLINUX})
     if module_secs and not livepatch:
         return v(
             "skipped",
-            f"in .klp.rela.{module_secs[0]}.*: an ordinary module's loader skips "
+            f"in .klp.rela.{printable(module_secs[0])}.*: an ordinary module's loader skips "
             "module-object klp relocations silently; the fields stay unrelocated",
         )
     note = ""
@@ -151,7 +155,8 @@ def _verdict(rels: list[KlpReloc], symtab: SymbolTable | None, livepatch: bool) 
     if first.object != VMLINUX and not symtab.has_object(first.object):
         return v(
             "deferred",
-            f"resolved when module {first.object} loads (no symbols given for it)" + note,
+            f"resolved when module {printable(first.object)} loads (no symbols given for it)"
+            + note,
         )
     res = symtab.resolve(first.name, first.sympos, first.object)
     status = res.status
@@ -164,13 +169,15 @@ def format_table(relocs: list[KlpReloc], verdict_list: list[Verdict] | None) -> 
         f"{'offset':>10} {'addend':>6}"
     ]
     for r in relocs:
+        obj, name, target = printable(r.object or "?"), printable(r.name), printable(r.target)
         lines.append(
-            f"{r.object or '?':<10} {r.name:<32} {r.sympos:>3} {r.type:<15} "
-            f"{r.target:<28} {r.offset:>#10x} {r.addend:>6}"
+            f"{obj:<10} {name:<32} {r.sympos:>3} {r.type:<15} "
+            f"{target:<28} {r.offset:>#10x} {r.addend:>6}"
         )
     if verdict_list is not None:
         lines.append("")
         for v in verdict_list:
             mark = "ok  " if v.ok else "FAIL"
-            lines.append(f"{mark} {v.object or '?'}:{v.name},{v.sympos}: {v.message}")
+            where = printable(f"{v.object or '?'}:{v.name},{v.sympos}: {v.message}")
+            lines.append(f"{mark} {where}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ symbol table from bzImage, all cached by (source version, merged fragments hash)
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -31,6 +32,7 @@ from harness.source import (
     say,
     user_tree,
 )
+from harness.verify import DamagedEntry, read_meta, vmlinuz_problem
 
 RECIPE = "1"  # bump when the build steps change: every source kernel is rebuilt
 MARKER = ".complete"
@@ -104,9 +106,26 @@ def _tree_and_label(spec: Spec, quiet: bool) -> tuple[SourceTree, str, str]:
     return tree, spec.ref, f"{tree.package}={tree.version}"
 
 
+_META_KEYS: dict[str, type] = {
+    "name": str,
+    "release": str,
+    "package_version": str,
+    "packages": list,
+}
+
+
 def _entry_kernel(spec: Spec, entry: Path) -> Kernel:
-    meta = json.loads((entry / "kernel.json").read_text())
+    """The kernel of a finished build; DamagedEntry when its kernel.json or files are not
+    what the build left."""
+    meta = read_meta(entry, _META_KEYS)
+    if "/" in meta["release"] or meta["release"] in ("", ".", ".."):
+        raise DamagedEntry(f"kernel.json: bad 'release' {meta['release']!r}")
     objdir = entry / "obj"
+    for need in (objdir / ".config", objdir / "Module.symvers", entry / "kallsyms"):
+        if not need.is_file():
+            raise DamagedEntry(f"{need.relative_to(entry)}: missing")
+    if problem := vmlinuz_problem(objdir / "arch/x86/boot/bzImage"):
+        raise DamagedEntry(problem)
     return Kernel(
         spec=spec.text,
         name=meta["name"],
@@ -122,6 +141,15 @@ def _entry_kernel(spec: Spec, entry: Path) -> Kernel:
     )
 
 
+def check_build(entry: Path) -> str:
+    """What is wrong with a finished build in the cache ("" when sound), for `kernels verify`."""
+    try:
+        _entry_kernel(Spec("source", entry.name), entry)
+    except DamagedEntry as err:
+        return str(err)
+    return ""
+
+
 def source_kernel(spec: Spec, *, quiet: bool = False) -> Kernel:
     """Build (or find in the cache) the kernel a `source:` spec names."""
     fragments = fragment_paths(spec.config)
@@ -130,10 +158,19 @@ def source_kernel(spec: Spec, *, quiet: bool = False) -> Kernel:
     name = f"source-{label}-{spec.config}"
     entry = cache_dir("source-builds") / f"{name}-{digest}"
     if (entry / MARKER).is_file():
-        return _entry_kernel(spec, entry)
+        with contextlib.suppress(DamagedEntry):  # said and redone under the lock below
+            return _entry_kernel(spec, entry)
     with locked(entry):
-        if not (entry / MARKER).is_file():
-            _build_entry(spec, tree, fragments, entry, name, digest, quiet)
+        if (entry / MARKER).is_file():
+            try:
+                return _entry_kernel(spec, entry)
+            except DamagedEntry as err:  # the build resumes in place: make redoes what is gone
+                say(f"{entry}: cached build damaged ({err}), building it again", False)
+                (entry / MARKER).unlink()
+                bzimage = entry / "obj/arch/x86/boot/bzImage"
+                if vmlinuz_problem(bzimage):  # make would keep a truncated file it thinks new
+                    bzimage.unlink(missing_ok=True)
+        _build_entry(spec, tree, fragments, entry, name, digest, quiet)
     return _entry_kernel(spec, entry)
 
 
@@ -199,4 +236,12 @@ def cached_source_kernel(spec: Spec) -> Kernel | None:
         return None
     digest = fragments_hash(fragments, RECIPE, f"{tree.package}={tree.version}")[:12]
     entry = cache_dir("source-builds") / f"source-{spec.ref}-{spec.config}-{digest}"
-    return _entry_kernel(spec, entry) if (entry / MARKER).is_file() else None
+    if not (entry / MARKER).is_file():
+        return None
+    try:
+        return _entry_kernel(spec, entry)
+    except DamagedEntry as err:
+        raise KernelError(
+            f"{spec.text}: cached build {entry} damaged ({err}); "
+            f"`klp-harness kernels fetch {spec.text}` builds it again"
+        ) from None

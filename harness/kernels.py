@@ -181,15 +181,36 @@ def _decls_from(path: Path) -> list[KernelDecl]:
 
 
 def load_matrix(path: Path) -> list[KernelDecl]:
-    """The kernels of one matrix: a kernels/*.toml file, or every file of a directory."""
+    """The kernels of one matrix: a kernels/*.toml file, or every file of a directory.
+    A matrix that declares no kernel is refused (it would silently run the default)."""
     if path.is_dir():
-        return load_declared(path)
+        decls = load_declared(path)
+        if not decls:
+            raise ExpectationError(f"{path}: no [[kernel]] declared in any *.toml file there")
+        return decls
     if not path.is_file():
         raise ExpectationError(f"{path}: no such matrix file")
     decls = _decls_from(path)
     if not decls:
         raise ExpectationError(f"{path}: declares no [[kernel]]")
+    _check_unique(decls, path)
     return decls
+
+
+def _check_unique(decls: list[KernelDecl], where: Path) -> None:
+    """Names unique, at most one default."""
+    seen: dict[str, Path | None] = {}
+    for decl in decls:
+        if decl.name in seen:
+            first = seen[decl.name]
+            again = "in the same file" if first == decl.source else f"in {first}"
+            raise ExpectationError(
+                f"{decl.source}: kernel name {decl.name!r} already declared {again}"
+            )
+        seen[decl.name] = decl.source
+    defaults = [d.name for d in decls if d.default]
+    if len(defaults) > 1:
+        raise ExpectationError(f"{where}: more than one default kernel ({', '.join(defaults)})")
 
 
 def load_declared(dir: Path | None = None) -> list[KernelDecl]:
@@ -197,20 +218,8 @@ def load_declared(dir: Path | None = None) -> list[KernelDecl]:
     root = dir if dir is not None else DEFAULT_DIR
     if not root.is_dir():
         raise ExpectationError(f"{root}: kernel declaration directory not found")
-    decls: list[KernelDecl] = []
-    seen: dict[str, Path | None] = {}
-    for path in sorted(root.glob("*.toml")):
-        for decl in _decls_from(path):
-            if decl.name in seen:
-                raise ExpectationError(
-                    f"{path}: kernel name {decl.name!r} already declared in {seen[decl.name]}"
-                )
-            seen[decl.name] = path
-            decls.append(decl)
-    defaults = [d for d in decls if d.default]
-    if len(defaults) > 1:
-        names = ", ".join(d.name for d in defaults)
-        raise ExpectationError(f"{root}: more than one default kernel ({names})")
+    decls = [decl for path in sorted(root.glob("*.toml")) for decl in _decls_from(path)]
+    _check_unique(decls, root)
     return decls
 
 
@@ -220,6 +229,20 @@ def default_spec(dir: Path | None = None) -> str:
         if decl.default:
             return decl.spec
     raise ExpectationError(f"{dir or DEFAULT_DIR}: no kernel is marked default = true")
+
+
+def check_spec(name_or_spec: str, dir: Path | None = None) -> Spec:
+    """A spec (or declared name) checked without fetching anything: its syntax, the suite,
+    a source config's fragment, a local tree's directory; KernelError (exit 20) naming what
+    is wrong. Whether an ABI exists on the mirror is only known by resolving it."""
+    spec = parse_spec(resolve_name(name_or_spec, dir))
+    if spec.kind == "source":
+        from harness.source import fragment_paths  # the kernel-building layer, when needed
+
+        fragment_paths(spec.config)
+    if spec.path is not None and not spec.path.is_dir():
+        raise KernelError(f"{spec.text}: {spec.path} is not a directory")
+    return spec
 
 
 def resolve_name(name_or_spec: str, dir: Path | None = None) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from harness.elfread import SHF_ALLOC, SHF_INFO_LINK, SHF_RELA_LIVEPATCH, ElfImage
 from harness.errors import UnsupportedElfError
+from harness.fileio import printable
 
 KLP_SYM_PREFIX = ".klp.sym."
 KLP_RELA_PREFIX = ".klp.rela."
@@ -51,7 +52,8 @@ def parse_klp_rela(name: str) -> str | None:
 
 
 def check_names(path: object, obj: str, name: str) -> list[str]:
-    """Errors the kernel's parser would hit (raised) and warnings (returned)."""
+    """Errors the kernel's parser would hit (raised) and warnings (returned).
+    `path` is shown as given: pass it escaped (ElfImage.label)."""
     if not obj or "." in obj or len(obj) > MODULE_NAME_MAX:
         raise UnsupportedElfError(
             f"{path}: object name {obj!r} cannot be encoded (at most {MODULE_NAME_MAX} "
@@ -64,8 +66,8 @@ def check_names(path: object, obj: str, name: str) -> list[str]:
         )
     if len(name) > KSYM_NAME_MAX_OLD:
         return [
-            f"symbol name {name[:60]}... is longer than {KSYM_NAME_MAX_OLD} characters: "
-            "kernels before 6.1 cannot resolve it"
+            f"symbol name {printable(name[:60])}... is longer than {KSYM_NAME_MAX_OLD} "
+            "characters: kernels before 6.1 cannot resolve it"
         ]
     return []
 

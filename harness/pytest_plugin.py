@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import BuiltModule, build_with_requirements
+from harness.build import BuiltModule, build_with_requirements, builds_dir
 from harness.errors import HarnessError
 from harness.expect import find_sample
 from harness.guest import Guest
@@ -68,7 +68,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def missing_vm_tools() -> list[str]:
     """Install hints for every tool a boot needs that this machine lacks."""
-    return [f"{tool}: {hint}" for tool, hint in VM_TOOLS.items() if shutil.which(tool) is None]
+    from harness.boot import find_vng
+
+    def found(tool: str) -> bool:
+        if tool == "vng":  # beside the interpreter (a venv not on PATH) or on PATH
+            try:
+                return bool(find_vng())
+            except HarnessError:
+                return False
+        return shutil.which(tool) is not None
+
+    return [f"{tool}: {hint}" for tool, hint in VM_TOOLS.items() if not found(tool)]
 
 
 def _results_dir(config: pytest.Config) -> Path:
@@ -102,7 +112,7 @@ def klp_guest(klp_kernel: Kernel, klp_results_dir: Path) -> Iterator[Guest]:
         pytest.fail("VM tests need: " + "; ".join(missing), pytrace=False)
     log = klp_results_dir / f"console-{klp_kernel.name}.log"
     try:
-        with boot(klp_kernel, log) as guest:
+        with boot(klp_kernel, log, modules=builds_dir(klp_kernel)) as guest:
             yield guest
     except HarnessError as err:
         pytest.fail(f"guest for {klp_kernel.name}: {err} (console log: {log})", pytrace=False)

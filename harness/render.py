@@ -1,5 +1,6 @@
 """The report as Markdown ($GITHUB_STEP_SUMMARY), one self-contained HTML file, JUnit XML or
-JSON. Every string from a results file is escaped for the format it goes into."""
+JSON. Every string from a results file is escaped for the format it goes into, and no control
+character reaches the output (any format may be printed on a terminal; JSON escapes them)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,15 @@ LABELS = {
 }
 ICONS = {PASS: "✅", FAIL: "❌", XFAIL: "☑️", XPASS: "⚠️", NA: "⚪", NOT_RUN: "⏸️"}
 CHANGE_ICONS = {REGRESSION: "🔺", FIXED: "🔧", STILL_FAILING: "🔁", NEVER_PASSED: "⛔", NEW: "🆕"}
-# Control characters (a console can print anything): XML 1.0 has no place for most of them.
-_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Control characters (a console can print anything): XML 1.0 has no place for most of them,
+# and on a terminal ESC, CR, DEL and the C1 controls (CSI is 0x9b) would move the cursor or
+# rewrite lines. Tab and newline stay.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")
+
+
+def _clean(text: str) -> str:
+    """`text` with CRLF line ends as LF and every other control character as U+FFFD."""
+    return _CONTROL.sub("\ufffd", text.replace("\r\n", "\n"))
 
 
 def render(report: Report, fmt: str, out: Path | None = None) -> str:
@@ -78,13 +86,13 @@ def _kernel_bits(k: KernelRow) -> list[str]:
 
 def md_text(text: str) -> str:
     """Plain text for a Markdown paragraph or table cell: one line, nothing interpreted."""
-    text = html.escape(" ".join(_XML_BAD.sub("\ufffd", text).split()), quote=False)
+    text = html.escape(" ".join(_clean(text).split()), quote=False)
     text = re.sub(r"([\\`*\[\]|~])", r"\\\1", text)
     return re.sub(r"(?<!\w)_|_(?!\w)", r"\_", text)  # intraword _ is not emphasis
 
 
 def _fence(lines: list[str]) -> str:
-    body = _XML_BAD.sub("\ufffd", "\n".join(lines))
+    body = _clean("\n".join(lines))
     longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}text\n{body}\n{ticks}"
@@ -184,7 +192,7 @@ pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;
 
 
 def _e(text: object) -> str:
-    return html.escape(_XML_BAD.sub("\ufffd", str(text)), quote=True)
+    return html.escape(_clean(str(text)), quote=True)
 
 
 def _href(path: str, base: Path | None) -> str:
@@ -303,7 +311,7 @@ def html_page(report: Report, base: Path | None = None) -> str:
 
 
 def _x(text: str) -> str:
-    return _XML_BAD.sub("\ufffd", text)
+    return _clean(text)
 
 
 def junit(report: Report) -> str:

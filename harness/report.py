@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import FileReadError, ReportError
+from harness.fileio import printable, read_regular
 from harness.results import FAIL, GOOD, NOT_RUN, OUTCOMES, XPASS, KernelResult
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "results.schema.json"
 REPORT_SCHEMA = "klp-harness/report/1"
+# A matrix run's results.json is well under 1 MiB; refuse what cannot be one (/dev/zero).
+RESULTS_LIMIT = 64 << 20
+MESSAGE_MAX = 300  # of a schema error quoted in a message
 
 # A cell's standing, judged alone: good (pass, expected failure, n/a), bad (fail, unexpected
 # pass, or not run because its kernel failed), none (nothing to judge: absent from the run).
@@ -189,29 +193,38 @@ def results_files(path: Path) -> list[Path]:
     if path.is_dir():
         found = sorted(path.rglob("results.json"))
         if not found:
-            raise ReportError(f"{path}: no results.json in this directory")
+            raise ReportError(f"{printable(path)}: no results.json in this directory")
         return found
     if not path.exists():
-        raise FileReadError(f"{path}: no such file")
+        raise FileReadError(f"{printable(path)}: no such file")
     return [path]
 
 
 def load(path: Path) -> dict[str, Any]:
-    """One results file, parsed and validated; a ReportError names the file and the problem."""
+    """One results file, parsed and validated; a ReportError names the file and the problem.
+    Only a regular file of at most RESULTS_LIMIT bytes is read (a FIFO or /dev/zero is
+    refused), and every text from it is escaped in messages."""
+    label = printable(path)
+    raw = read_regular(path, RESULTS_LIMIT, what=f"{label}: cannot read")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise FileReadError(
-            f"{path}: cannot read: {getattr(err, 'strerror', None) or err}"
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ReportError(
+            f"{label}: not a results file: not UTF-8 text (byte {raw[err.start]:#04x} at "
+            f"offset {err.start})"
         ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ReportError(f"{path}: not a results file: invalid JSON: {err}") from None
+        raise ReportError(f"{label}: not a results file: invalid JSON: {err}") from None
+    except RecursionError:
+        raise ReportError(f"{label}: not a results file: JSON nested too deeply") from None
     errors = validation_errors(data)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ReportError(f"{path}: not a klp-harness results file: {errors[0]}{more}")
+        first = printable(errors[0])  # quotes the offending value, which may be huge
+        first = first if len(first) <= MESSAGE_MAX else first[: MESSAGE_MAX - 3] + "..."
+        raise ReportError(f"{label}: not a klp-harness results file: {first}{more}")
     assert isinstance(data, dict)
     return data
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness import __version__
 from harness.cache import atomic_write_text
+from harness.fileio import printable, printable_lines
 
 SCHEMA = "klp-harness/results/1"
 
@@ -87,7 +88,8 @@ class RunResults:
 
 
 def format_table(results: RunResults) -> str:
-    """Kernel x module, each cell an outcome; failures followed by their reasons."""
+    """Kernel x module, each cell an outcome; failures followed by their reasons (which
+    quote guest output: escaped, so no guest can draw a line of its own)."""
     samples: list[str] = []
     for kernel in results.kernels:
         samples += [m.sample for m in kernel.modules if m.sample not in samples]
@@ -102,9 +104,9 @@ def format_table(results: RunResults) -> str:
             result = cells.get(sample)
             row.append(result.outcome if result else NOT_RUN)
             if result and result.outcome not in (PASS, NA):
-                notes.append(f"{label} / {sample}: {result.outcome}: {result.reason}")
-        if kernel.error:
-            notes.append(f"{label}: {kernel.error}")
+                notes.append(printable(f"{label} / {sample}: {result.outcome}: {result.reason}"))
+        if kernel.error:  # several lines: a console tail after the cause
+            notes.append(printable_lines(f"{label}: {kernel.error}"))
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]

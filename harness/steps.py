@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from harness import assertions as check
+from harness import dmesg
 from harness.build import BuiltModule
 from harness.expect import Expectation, Sample
 from harness.guest import Guest
@@ -45,8 +46,8 @@ class Step:
         self.lines: list[str] = []  # every kernel line of the step, for address and splat checks
         self.taint: list[int] = []  # before the first command, after the last
 
-    def _logged(self, label: str, cmd: str, timeout: float = 60) -> tuple[int, str, list[str]]:
-        logged = self.guest.run_logged(cmd, f"{self.sample.name} {label}", timeout)
+    def _logged(self, label: str, cmd: str) -> tuple[int, str, list[str]]:
+        logged = self.guest.run_logged(cmd, f"{self.sample.name} {label}", self.sample.timeout)
         self.lines += logged.lines
         self.taint = [self.taint[0] if self.taint else logged.taint_before, logged.taint_after]
         return logged.result.status, logged.result.output.strip(), logged.lines
@@ -62,6 +63,8 @@ class Step:
         outcome, reason = self._main() if loaded else (FAIL, self._reason())
         self._unload_required()
         findings = check.check_splats(self.lines)
+        if findings and outcome == FAIL:  # e.g. insmod killed by an oops: show its dump
+            self.evidence += [line for f in findings[:1] for line in f.evidence]
         before, after = self.taint
         findings += check.check_taint(before, after, "OE" + self.expectation.taint)
         self.findings += findings
@@ -85,9 +88,11 @@ class Step:
 
     def _load_required(self) -> bool:
         for dep in self.required:
-            status, output, lines = self._logged(f"load {dep.module}", f"insmod {_q(dep.ko)}")
+            status, output, lines = self._logged(
+                f"load {dep.module}", f"insmod {_q(self.guest.path(dep.ko))}"
+            )
             if status != 0:
-                tail = " | ".join(lines[-3:]) or output
+                tail = _gist(lines, output)
                 self.findings.append(
                     check.Finding(
                         "missing", f"required {dep.module}: insmod exited {status}: {tail}"
@@ -104,7 +109,9 @@ class Step:
 
     def _main(self) -> tuple[str, str]:
         exp = self.expectation
-        status, output, lines = self._logged("insmod", f"insmod {_q(self.built.ko)}")
+        status, output, lines = self._logged(
+            "insmod", f"insmod {_q(self.guest.path(self.built.ko))}"
+        )
         if exp.outcome == "refused":
             if status == 0:
                 self._unload()
@@ -116,8 +123,7 @@ class Step:
             self.evidence += [f"insmod exited {status}", *matching_lines(exp.dmesg, lines)]
             return XFAIL, "refused as expected: " + " | ".join(matching_lines(exp.dmesg, lines))
         if status != 0:
-            tail = " | ".join(lines[-3:]) or output
-            return FAIL, f"insmod exited {status}: {tail}"
+            return FAIL, f"insmod exited {status}: {_gist(lines, output)}"
         self._expect(exp.dmesg, lines, "insmod")
         for guest_check in exp.checks:
             self._check(guest_check.cmd, guest_check.status, guest_check.output, guest_check.dmesg)
@@ -165,6 +171,14 @@ class Step:
         if status != 0:
             self.findings.append(check.Finding("missing", f"rmmod exited {status}: {output}"))
         self._expect(self.expectation.rmmod_dmesg, lines, "rmmod")
+
+
+def _gist(lines: Sequence[str], output: str) -> str:
+    """What a failed command's kernel lines say: the first splat (an oops's `BUG:` line,
+    not the `CR2` at the end of its dump) and the last lines; else the command's output."""
+    splats = dmesg.scan_splats(list(lines))
+    head = [splats[0].line] if splats else []
+    return " | ".join([*head, *(line for line in lines[-3:] if line not in head)]) or output
 
 
 def _q(value: object) -> str:

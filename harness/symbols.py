@@ -12,9 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import FileReadError, SymbolFileError
+from harness.errors import SymbolFileError
+from harness.fileio import printable, read_regular
 
 VMLINUX = "vmlinux"
+# A full kallsyms is ~6 MiB and a Module.symvers ~2 MiB; more cannot be one (/dev/zero).
+SYMBOL_FILE_LIMIT = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class Candidate:
     type: str  # nm-style letter
 
     def describe(self) -> str:
-        return f"{self.position} ({self.type} {self.address:#018x})"
+        return f"{self.position} ({printable(self.type)} {self.address:#018x})"
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,10 @@ class Resolution:
 
 
 def _read_text(path: Path, what: str) -> str:
-    try:
-        return Path(path).read_bytes().decode("latin-1")
-    except OSError as err:
-        raise FileReadError(f"{path}: cannot read {what}: {err.strerror or err}") from None
+    """A regular file of at most SYMBOL_FILE_LIMIT bytes; /proc/kallsyms qualifies (procfs
+    files are regular, of size 0, and read to their end)."""
+    data = read_regular(path, SYMBOL_FILE_LIMIT, what=f"{printable(path)}: cannot read {what}")
+    return data.decode("latin-1")
 
 
 @dataclass
@@ -60,10 +63,11 @@ class SymbolTable:
     @classmethod
     def load(cls, path: Path) -> SymbolTable:
         """Read a System.map or a saved /proc/kallsyms (`[module]` column allowed)."""
-        return cls.parse(_read_text(path, "symbol table"), str(path))
+        return cls.parse(_read_text(path, "symbol table"), printable(path))
 
     @classmethod
     def parse(cls, text: str, source: str) -> SymbolTable:
+        source = printable(source)
         table = cls(source)
         vmlinux: dict[str, list[tuple[int, str]]] = {}
         table.objects[VMLINUX] = vmlinux
@@ -143,7 +147,8 @@ def resolve(
     listed = ", ".join(c.describe() for c in cands)
     found = tuple(cands)
     # The kernel names vmlinux as a NULL object: its messages say '(null)'.
-    shown = "(null)" if obj == VMLINUX else obj
+    shown = "(null)" if obj == VMLINUX else printable(obj)
+    name = printable(name)  # from a module or a symbol table: messages show it escaped
     if not matched or (address == 0 and not relative):
         why = f" (listed at address 0: {listed})" if cands else ""
         return Resolution(
@@ -165,7 +170,7 @@ def resolve(
             f"symbol position {sympos} for symbol '{name}' in object '{shown}' "
             f"not found ({len(cands)} candidate(s))",
         )
-    where = f"offset {address:#x} in {obj}" if relative else f"{address:#018x}"
+    where = f"offset {address:#x} in {shown}" if relative else f"{address:#018x}"
     return Resolution("resolves", address, found, f"resolves to {where}")
 
 
@@ -179,8 +184,11 @@ def module_name(name: str) -> str:
 
 
 def load_symvers(path: Path) -> set[str]:
-    """The exported names of a Module.symvers: `crc<TAB>name<TAB>module<TAB>export[<TAB>ns]`."""
+    """The exported names of a Module.symvers: `crc<TAB>name<TAB>module<TAB>export[<TAB>ns]`.
+    An empty one is refused: a kernel's never is, and with no exports every undefined
+    symbol of a module (printk too) would be converted."""
     text = _read_text(path, "Module.symvers")
+    label = printable(path)
     names: set[str] = set()
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -189,16 +197,21 @@ def load_symvers(path: Path) -> set[str]:
         crc = fields[0]
         if len(fields) < 4 or not crc.startswith("0x") or not fields[1] or not fields[3]:
             raise SymbolFileError(
-                f"{path}:{lineno}: not a Module.symvers line "
+                f"{label}:{lineno}: not a Module.symvers line "
                 f"(crc, symbol, module, export type, tab-separated): {line[:80]!r}"
             )
         try:
             int(crc, 16)
         except ValueError:
-            raise SymbolFileError(f"{path}:{lineno}: bad CRC {crc[:20]!r}") from None
+            raise SymbolFileError(f"{label}:{lineno}: bad CRC {crc[:20]!r}") from None
         if not fields[3].startswith("EXPORT_SYMBOL"):
-            raise SymbolFileError(f"{path}:{lineno}: unknown export type {fields[3][:40]!r}")
+            raise SymbolFileError(f"{label}:{lineno}: unknown export type {fields[3][:40]!r}")
         names.add(fields[1])
+    if not names:
+        raise SymbolFileError(
+            f"{label}: no exported symbols in this Module.symvers; give the target kernel's "
+            "(its headers' Module.symvers), not an external module build's"
+        )
     return names
 
 

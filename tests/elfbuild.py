@@ -13,9 +13,19 @@ DATA = Path(__file__).parent / "data"
 KALLSYMS_EXCERPT = DATA / "kallsyms-debian-6.1.0-56-amd64.excerpt"
 
 KERNEL_CFLAGS = [
-    "-O2", "-mcmodel=kernel", "-fno-pic", "-ffunction-sections", "-fdata-sections",
-    "-fno-common", "-mno-red-zone", "-fno-asynchronous-unwind-tables", "-fno-stack-protector",
-    "-nostdinc", "-ffreestanding", "-Wall", "-Werror",
+    "-O2",
+    "-mcmodel=kernel",
+    "-fno-pic",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-fno-common",
+    "-mno-red-zone",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-stack-protector",
+    "-nostdinc",
+    "-ffreestanding",
+    "-Wall",
+    "-Werror",
 ]
 
 # Unexported (in the excerpt, not in SYMVERS): kernel_clone, do_exit, saved_command_line,
@@ -77,14 +87,27 @@ def have_gcc() -> bool:
     return shutil.which("gcc") is not None and shutil.which("ld") is not None
 
 
-def compile_module(tmp: Path, name: str = "mod", defines: tuple[str, ...] = (),
-                   source: str = MODULE_C, link: bool = True) -> Path:
+def compile_module(
+    tmp: Path,
+    name: str = "mod",
+    defines: tuple[str, ...] = (),
+    source: str = MODULE_C,
+    link: bool = True,
+) -> Path:
     """Compile (and `ld -r`, like kbuild's <mod>.o) a module-like object; returns its path."""
     src = tmp / f"{name}.c"
     src.write_text(source)
     obj = tmp / f"{name}.part.o"
-    cmd = ["gcc", *KERNEL_CFLAGS, f"-I{INCLUDE}", *(f"-D{d}" for d in defines), "-c",
-           str(src), "-o", str(obj)]
+    cmd = [
+        "gcc",
+        *KERNEL_CFLAGS,
+        f"-I{INCLUDE}",
+        *(f"-D{d}" for d in defines),
+        "-c",
+        str(src),
+        "-o",
+        str(obj),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     if not link:
         return obj
@@ -100,5 +123,6 @@ def write_symvers(tmp: Path, text: str = SYMVERS) -> Path:
 
 
 def readelf(*args: str) -> str:
-    return subprocess.run(["readelf", "-W", *args], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["readelf", "-W", *args], check=True, capture_output=True, text=True
+    ).stdout

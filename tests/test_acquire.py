@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakedebs import ABI, fake_recover, fake_resolution
 
 from harness import acquire as acq
-from harness import apt, kallsyms
+from harness import kallsyms
 from harness.errors import KernelError
 from harness.kernel import Kernel
 from harness.kernels import default_spec, parse_spec
+from harness.verify import MARKER
 
 HELLO = """\
 #include <linux/module.h>
@@ -60,7 +63,8 @@ def test_headers_build_a_module(default_kernel: Kernel, tmp_path: Path) -> None:
     (tmp_path / "Kbuild").write_text("obj-m := hello.o\n")
     proc = subprocess.run(
         ["make", "-C", str(default_kernel.headers), f"M={tmp_path}", "modules"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (tmp_path / "hello.ko").is_file()
@@ -70,8 +74,8 @@ def test_warm_acquire_calls_no_apt(default_kernel: Kernel, monkeypatch: pytest.M
     def no_subprocess(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"subprocess on a warm cache: {args}")
 
-    monkeypatch.setattr(apt.subprocess, "run", no_subprocess)
-    monkeypatch.setattr(acq.subprocess, "run", no_subprocess)
+    monkeypatch.setattr("harness.apt.subprocess.run", no_subprocess)
+    monkeypatch.setattr("harness.acquire.subprocess.run", no_subprocess)
     start = time.monotonic()
     again = acq.acquire(default_spec(), quiet=True)
     assert again == default_kernel
@@ -82,60 +86,17 @@ def test_warm_acquire_calls_no_apt(default_kernel: Kernel, monkeypatch: pytest.M
 # -- the cache's behaviour, on fake packages -------------------------------------------------
 
 
-def _deb(out: Path, name: str, files: dict[str, str], links: dict[str, str] | None = None) -> None:
-    root = out / f"{name}.src"
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    for rel, target in (links or {}).items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).symlink_to(target)
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "DEBIAN/control").write_text(
-        f"Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: t <t@t>\n"
-        "Description: test\n"
-    )
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root),
-                    str(out / f"{name}_1.0-1_amd64.deb")], check=True, capture_output=True)
-
-
-ABI = "9.9.0-1-amd64"
-
-
-def _fake(cache: Path, with_vmlinuz: bool = True) -> acq.Resolution:
-    debs = cache / "debs"
-    debs.mkdir(parents=True)
-    image = {f"boot/config-{ABI}": "CONFIG_LIVEPATCH=y\n"}
-    if with_vmlinuz:
-        image[f"boot/vmlinuz-{ABI}"] = "not really a kernel"
-    _deb(debs, "linux-image-x", image)
-    _deb(debs, "linux-headers-x", {
-        f"usr/src/linux-headers-{ABI}/Makefile":
-            f"include /usr/src/linux-headers-{ABI}c/Makefile\n",
-        f"usr/src/linux-headers-{ABI}/Module.symvers": "",
-        f"usr/src/linux-headers-{ABI}c/Makefile": "all:\n",
-        "usr/lib/linux-kbuild-9.9/scripts/Kbuild.include": "",
-    }, {f"usr/src/linux-headers-{ABI}/scripts": "../../lib/linux-kbuild-9.9/scripts"})
-    pkgs = tuple(acq.Pkg(n, "1.0-1", "amd64", 100) for n in ("linux-image-x", "linux-headers-x"))
-    return acq.Resolution(ABI, "1.0-1", pkgs, time.time())
-
-
-def _fake_recover(vmlinuz: Path, out: Path, timeout: float = 0) -> kallsyms.Recovered:
-    out.write_text("ffffffff81000000 T _text\n")
-    return kallsyms.Recovered(out, 1, 0.0)
-
-
 def test_broken_entry_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path))
-    monkeypatch.setattr(kallsyms, "recover", _fake_recover)
-    res = _fake(tmp_path)
+    monkeypatch.setattr(kallsyms, "recover", fake_recover)
+    res = fake_resolution(tmp_path)
     entry = res.entry
     (entry / "root").mkdir(parents=True)  # an interrupted run's leftovers: no marker
     (entry / "root/junk").write_text("x")
     spec = parse_spec(f"debian:{ABI}")
-    assert acq._install(None, res, spec, quiet=True) == entry
-    assert (entry / acq.MARKER).is_file() and not (entry / "root/junk").exists()
-    kernel = acq._kernel(spec, entry)
+    kernel = acq._install(None, res, spec, quiet=True)
+    assert kernel.vmlinuz.is_relative_to(entry)
+    assert (entry / MARKER).is_file() and not (entry / "root/junk").exists()
     assert kernel.config_value("LIVEPATCH") == "y" and kernel.vmlinuz.is_file()
     makefile = (kernel.headers / "Makefile").read_text()
     assert makefile == f"include {entry}/root/usr/src/linux-headers-{ABI}c/Makefile\n"
@@ -145,7 +106,7 @@ def test_broken_entry_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_missing_vmlinuz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path))
-    res = _fake(tmp_path, with_vmlinuz=False)
+    res = fake_resolution(tmp_path, with_vmlinuz=False)
     with pytest.raises(KernelError, match="no vmlinuz"):
         acq._install(None, res, parse_spec(f"debian:{ABI}"), quiet=True)
     assert not res.entry.exists()
@@ -153,7 +114,9 @@ def test_missing_vmlinuz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_dpkg_deb_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path))
-    res = _fake(tmp_path)
+    res = fake_resolution(tmp_path)
+    # an index without Size and SHA256: the .deb cannot be checked before dpkg-deb reads it
+    res = replace(res, packages=tuple(replace(p, size=0, sha256="") for p in res.packages))
     (tmp_path / "debs" / res.packages[0].deb).write_bytes(b"garbage")
     with pytest.raises(KernelError, match="dpkg-deb"):
         acq._install(None, res, parse_spec(f"debian:{ABI}"), quiet=True)

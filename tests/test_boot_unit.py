@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -9,7 +16,15 @@ import pytest
 
 from harness import accel, boot
 from harness.errors import BootError
-from harness.guest import Guest, GuestDied, GuestTimeout, console_tail
+from harness.guest import (
+    OUTPUT_LIMIT,
+    Guest,
+    GuestDied,
+    GuestFileError,
+    GuestTimeout,
+    console_tail,
+    sweep_special_files,
+)
 from harness.kernel import Kernel
 
 DATA = Path(__file__).parent / "data" / "consoles"
@@ -27,10 +42,15 @@ def fake_kernel(vmlinuz: Path, modules_dir: Path) -> Kernel:
 
 @pytest.mark.parametrize("which", ["kvm", "tcg"])
 def test_vng_command(which: str) -> None:
-    cmd = boot.vng_command(Path("/k/boot/vmlinuz-x"), Path("/r/console.files"), which)
+    cmd = boot.vng_command(
+        Path("/k/boot/vmlinuz-x"), Path("/r/console.files"), which, root=Path("/c/root"),
+        modules=Path("/c/builds/k"),
+    )  # fmt: skip
     assert cmd[1:3] == ["--run", "/k/boot/vmlinuz-x"]
-    assert "--rw" not in cmd  # the host root stays read-only
-    assert cmd[cmd.index("--rwdir") + 1] == "/r/console.files"
+    assert "--rw" not in cmd  # the root stays read-only
+    assert cmd[cmd.index("--root") + 1] == "/c/root"  # never the host's root
+    assert cmd[cmd.index("--rwdir") + 1] == "/klp/share=/r/console.files"
+    assert cmd[cmd.index("--rodir") + 1] == "/klp/modules=/c/builds/k"
     assert "--qemu-opts=-no-reboot" in cmd
     appended = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--append"]
     assert "panic=-1" in appended and "printk.devkmsg=on" in appended
@@ -79,27 +99,115 @@ def test_missing_image_is_a_boot_error(tmp_path: Path) -> None:
         boot.boot(kernel, tmp_path / "console.log", accel="hvf")
 
 
-def test_accel_probe_runs_once_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[Path] = []
-
-    def probe(vmlinuz: Path, timeout: float, which: str = "kvm") -> tuple[bool, str]:
-        calls.append(vmlinuz)
-        return False, "a KVM guest did not finish a 12 s probe boot (hangs)"
-
-    monkeypatch.setattr(accel, "_probe_kvm", probe)
+@pytest.fixture
+def probe_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private cache, a stand-in /dev/kvm (a file the test can replace) and a bin/ for a
+    fake qemu: only for the verdict-cache logic, the real probe runs in the VM tests."""
+    monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(accel.ENV_VAR, raising=False)
+    (tmp_path / "kvm").write_bytes(b"")
+    monkeypatch.setattr(accel, "KVM_DEVICE", str(tmp_path / "kvm"))
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     accel.reset_cache()
-    try:
-        first = accel.choose_accel(Path("/a"))
-        assert (first.accel, first.reason) == ("tcg", probe(Path("/x"), 0)[1])
-        assert accel.choose_accel(Path("/b")) is first
-        assert calls[0] == Path("/a") and len(calls) == 2  # one probe + our direct call
-        accel.reset_cache()
-        monkeypatch.setenv(accel.ENV_VAR, "kvm")
-        assert accel.choose_accel(Path("/c")).accel == "kvm"
-        assert len(calls) == 2
-    finally:
-        accel.reset_cache()
+    yield tmp_path
+    accel.reset_cache()
+
+
+def fake_qemu(host: Path, script: str) -> None:
+    qemu = host / "bin" / "qemu-system-x86_64"
+    qemu.write_text(f"#!/bin/sh\necho run >> {host / 'runs'}\n{script}\n")
+    qemu.chmod(0o755)
+
+
+def probes(host: Path) -> int:
+    runs = host / "runs"
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+def choose(vmlinuz: Path, timeout: float = accel.PROBE_TIMEOUT) -> accel.AccelChoice:
+    accel.reset_cache()  # a new process: only the cache dir remembers
+    return accel.choose_accel(vmlinuz, timeout)
+
+
+def test_accel_probe_runs_once_and_env_overrides(
+    probe_host: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_qemu(probe_host, "echo 'Kernel panic - not syncing: VFS: Unable to mount root fs'")
+    first = accel.choose_accel(probe_host / "a")
+    assert (first.accel, first.reason) == ("kvm", "a KVM probe boot ran to its expected panic")
+    assert accel.choose_accel(probe_host / "b") is first and probes(probe_host) == 1
+    accel.reset_cache()
+    monkeypatch.setenv(accel.ENV_VAR, "tcg")
+    assert accel.choose_accel(probe_host / "c").accel == "tcg"
+    assert probes(probe_host) == 1
+
+
+def test_a_hanging_kvm_verdict_is_kept_until_something_changes(probe_host: Path) -> None:
+    fake_qemu(probe_host, "sleep 30")
+    image = probe_host / "vmlinuz"
+    image.write_bytes(b"kernel")
+    start = time.monotonic()
+    hung = choose(image, timeout=1)
+    assert (hung.accel, probes(probe_host)) == ("tcg", 1) and time.monotonic() - start >= 1
+    assert hung.reason == "a KVM guest did not finish a 1 s probe boot (hangs)"
+
+    start = time.monotonic()
+    again = choose(image, timeout=1)
+    assert time.monotonic() - start < 0.5 and probes(probe_host) == 1
+    assert again.accel == "tcg"
+    stamp = r"cached verdict from \d{4}-\d\d-\d\d \d\d:\d\d: "
+    assert re.fullmatch(stamp + re.escape(hung.reason), again.reason)
+
+    # Each part of the key, changed, means a new probe; unchanged, the verdict stands.
+    (probe_host / "kvm").unlink()
+    (probe_host / "kvm").write_bytes(b"")  # /dev/kvm recreated (a reboot, a module reload)
+    choose(image, timeout=1)
+    assert probes(probe_host) == 2
+    fake_qemu(probe_host, "echo 'Kernel panic - not syncing: VFS'")  # qemu upgraded
+    assert choose(image, timeout=1).accel == "kvm" and probes(probe_host) == 3
+    image.write_bytes(b"another kernel")
+    assert choose(image, timeout=1).reason.startswith("a KVM probe") and probes(probe_host) == 4
+    other = probe_host / "vmlinuz-2"
+    other.write_bytes(b"kernel 2")
+    choose(other, timeout=1)
+    assert choose(image, timeout=1).reason.startswith("cached verdict")  # several kept
+    assert probes(probe_host) == 5
+
+
+def test_a_damaged_verdict_file_means_a_new_probe(probe_host: Path) -> None:
+    fake_qemu(probe_host, "echo 'Kernel panic'")
+    choose(probe_host / "vmlinuz")
+    verdicts = probe_host / "cache" / "accel" / accel.VERDICTS
+    assert json.loads(verdicts.read_text())
+    verdicts.write_text("{not json")
+    assert choose(probe_host / "vmlinuz").accel == "kvm" and probes(probe_host) == 2
+    assert choose(probe_host / "vmlinuz").reason.startswith("cached verdict")
+
+
+def test_no_kvm_device_is_tcg_without_a_probe(probe_host: Path) -> None:
+    fake_qemu(probe_host, "echo 'Kernel panic'")
+    (probe_host / "kvm").unlink()
+    choice = choose(probe_host / "vmlinuz")
+    assert (choice.accel, choice.reason) == ("tcg", f"{probe_host / 'kvm'} does not exist")
+    assert probes(probe_host) == 0
+
+
+def test_vng_is_found_beside_the_interpreter_without_path() -> None:
+    """`vng` in the venv's bin/, which is not on PATH (a venv used without activating it)."""
+    code = "from harness.boot import find_vng; print(find_vng())"  # what vng_command runs
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    vng = os.path.join(os.path.dirname(sys.executable), "vng")
+    assert out.stdout == f"{vng}\n"
+    # and vng, which starts virtme-run through the shell, gets its own directory on PATH
+    assert boot.vng_environment(vng)["PATH"].split(":")[0] == os.path.dirname(vng)
 
 
 def test_console_tail_of_the_panic_log() -> None:
@@ -128,13 +236,16 @@ def fake_guest(tmp_path: Path, argv: list[str]) -> Guest:
 
 
 def test_status_file_is_the_fallback_for_a_garbled_marker(tmp_path: Path) -> None:
-    guest = fake_guest(tmp_path, ["sleep", "60"])
+    # A shell that runs each command line up to its end marker and never prints the marker,
+    # as when kernel messages garble it on the console: the status comes from the .rc file.
+    share = tmp_path / "share"
+    shell = f'cd {share} && while read -r line; do eval "${{line%%; printf*}}"; done'
+    guest = fake_guest(tmp_path, ["sh", "-c", shell])
     try:
-        (guest.share_dir / "cmd-0001.out").write_text("partial\n")
-        (guest.share_dir / "cmd-0001.rc").write_text("7\n")
-        result = guest.run("insmod x.ko", timeout=10)
+        result = guest.run("echo partial; exit 7", timeout=10)
         assert (result.status, result.output) == (7, "partial\n")
-        assert (guest.share_dir / "cmd-0001.sh").read_text() == "insmod x.ko\n"
+        (script,) = share.glob("cmd-0001-*.sh")  # numbered, with a part the guest cannot guess
+        assert script.read_text() == "echo partial; exit 7\n"
     finally:
         guest._child.close(force=True)
 
@@ -185,3 +296,40 @@ def test_console_tail_keeps_a_long_panic_dump_whole(tmp_path: Path) -> None:
     assert "sysrq: Trigger a crash" in tail[1] and tail[-1].endswith(f"dump line {TAIL_LINES + 19}")
     log.write_text("\n".join(f"line {i}" for i in range(100)) + "\n")
     assert len(console_tail(log).splitlines()) == TAIL_LINES  # no splat: the usual tail
+
+
+@pytest.mark.parametrize("trap", ["symlink", "fifo", "directory", "huge"])
+def test_guest_files_are_read_only_when_plain_and_bounded(tmp_path: Path, trap: str) -> None:
+    # What a hostile guest can leave where the host reads: never followed, opened or slurped.
+    secret = tmp_path / "secret"
+    secret.write_text("host secret\n")
+    guest = fake_guest(tmp_path, ["sleep", "60"])
+    name = guest.share_dir / "cmd-0001-x.out"
+    if trap == "symlink":
+        name.symlink_to(secret)
+    elif trap == "fifo":
+        os.mkfifo(name)
+    elif trap == "directory":
+        name.mkdir()
+    else:
+        with open(name, "wb") as handle:
+            handle.truncate(OUTPUT_LIMIT + 1)
+    want = {"symlink": "symbolic link", "fifo": "FIFO", "directory": "directory"}
+    with pytest.raises(GuestFileError, match=want.get(trap, "more than the")):
+        guest.read_file(name.name)
+    assert not guest.alive  # a hostile guest is stopped
+    guest.close()
+    if trap in ("symlink", "fifo"):
+        assert not os.path.lexists(name)  # swept at close: no trap left in the results
+    assert secret.read_text() == "host secret\n"
+
+
+def test_sweep_removes_links_and_special_files_only(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "link").symlink_to("/etc/passwd")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "sub")
+    removed = {p.name for p, _ in sweep_special_files(tmp_path)}
+    assert removed == {"link", "fifo", "dirlink"}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "sub"]

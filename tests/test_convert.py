@@ -32,8 +32,13 @@ UNEXPORTED = {"kernel_clone", "do_exit", "saved_command_line", "active_show"}
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("mods")
-    for name, defines in (("plain", ()), ("ann", ("ANNOTATE",)), ("bad", ("BAD_RELOC",)),
-                          ("lp", ("LIVEPATCH",)), ("nodup", ("NO_DUP",))):
+    for name, defines in (
+        ("plain", ()),
+        ("ann", ("ANNOTATE",)),
+        ("bad", ("BAD_RELOC",)),
+        ("lp", ("LIVEPATCH",)),
+        ("nodup", ("NO_DUP",)),
+    ):
         compile_module(tmp, name, defines)
     compile_module(tmp, "unlinked", (), link=False)
     write_symvers(tmp)
@@ -57,8 +62,15 @@ def _relocs(path: Path) -> dict[str, list[tuple[int, int, int, str, int]]]:
                 for rel in sec.iter_relocations():
                     sym = symtab.get_symbol(rel["r_info_sym"])
                     shndx = sym["st_shndx"]
-                    rows.append((rel["r_offset"], rel["r_info_type"], rel["r_addend"], sym.name,
-                                 shndx if isinstance(shndx, int) else -1))
+                    rows.append(
+                        (
+                            rel["r_offset"],
+                            rel["r_info_type"],
+                            rel["r_addend"],
+                            sym.name,
+                            shndx if isinstance(shndx, int) else -1,
+                        )
+                    )
                 out[sec.name] = rows
     return out
 
@@ -93,12 +105,13 @@ def test_every_reference_moves(built: Path, table: SymbolTable, src: str) -> Non
     assert moved == report.relocations == 15  # type: ignore[attr-defined]
     # each moved relocation keeps offset/type/addend, under the target's klp section
     for name, rows in old.items():
-        target = name[len(".rela"):]
+        target = name[len(".rela") :]
         for off, rtype, add, sym, _ in rows:
             if sym in UNEXPORTED:
                 pos = 2 if sym == "active_show" else 0
-                assert (off, rtype, add, f".klp.sym.vmlinux.{sym},{pos}", SHN_LIVEPATCH) in \
-                    new[f".klp.rela.vmlinux.{target}"]
+                assert (off, rtype, add, f".klp.sym.vmlinux.{sym},{pos}", SHN_LIVEPATCH) in new[
+                    f".klp.rela.vmlinux.{target}"
+                ]
             else:
                 assert (off, rtype, add, sym) in [r[:4] for r in new[name]]
 
@@ -155,8 +168,11 @@ def test_annotation_consumed(built: Path, table: SymbolTable) -> None:
     assert ".klp.module_relocs" not in out and "my_relocs" not in out
     relocs = _relocs(dst)
     for name, rows in relocs.items():
-        assert (all(r[4] == SHN_LIVEPATCH for r in rows) if name.startswith(".klp.rela.")
-                else all(r[4] != SHN_LIVEPATCH for r in rows))
+        assert (
+            all(r[4] == SHN_LIVEPATCH for r in rows)
+            if name.startswith(".klp.rela.")
+            else all(r[4] != SHN_LIVEPATCH for r in rows)
+        )
     # same relocations as the plain object apart from the annotation entry
     assert sum(map(len, relocs.values())) == sum(map(len, _relocs(built / "plain.o").values()))
     judged = verdicts(inspect_module(dst), table)
@@ -183,11 +199,18 @@ def test_errors(built: Path, table: SymbolTable) -> None:
 def test_force_and_sympos_zero(built: Path, table: SymbolTable) -> None:
     _, report = _convert(built, table, "plain", sympos={"active_show": 0})
     assert any("refuse it as ambiguous" in w for w in report.warnings)  # type: ignore[attr-defined]
-    small = SymbolTable.parse("ffffffff81000000 T kernel_clone\nffffffff81000010 t active_show\n",
-                              "small")
-    dst, report = _convert(built, small, "plain", exports=None,
-                           symbols=["do_exit", "active_show"], sympos={"active_show": 5},
-                           force=True)
+    small = SymbolTable.parse(
+        "ffffffff81000000 T kernel_clone\nffffffff81000010 t active_show\n", "small"
+    )
+    dst, report = _convert(
+        built,
+        small,
+        "plain",
+        exports=None,
+        symbols=["do_exit", "active_show"],
+        sympos={"active_show": 5},
+        force=True,
+    )
     assert {(c.name, c.sympos) for c in report.converted} == {("do_exit", 0), ("active_show", 5)}  # type: ignore[attr-defined]
     judged = {v.name: v.status for v in verdicts(inspect_module(dst), small)}
     assert judged == {"do_exit": "not-found", "active_show": "position-too-large"}
@@ -207,11 +230,17 @@ def test_module_target_needs_livepatch(table: SymbolTable, tmp_path: Path) -> No
     plain = compile_module(tmp_path, "user", source=USER_C)
     live = compile_module(tmp_path, "live", ("LIVEPATCH",), source=USER_C)
     with pytest.raises(ModuleTargetError, match="not a livepatch module"):
-        convert_module(plain, tmp_path / "o1.o", symtab=table, exports=set(),
-                       object_symbols={"my-provider": lib})
+        convert_module(
+            plain,
+            tmp_path / "o1.o",
+            symtab=table,
+            exports=set(),
+            object_symbols={"my-provider": lib},
+        )
     assert not (tmp_path / "o1.o").exists()
-    report = convert_module(live, tmp_path / "o2.o", symtab=table, exports=set(),
-                            object_symbols={"my-provider": lib})
+    report = convert_module(
+        live, tmp_path / "o2.o", symtab=table, exports=set(), object_symbols={"my-provider": lib}
+    )
     assert report.livepatch and report.converted[0].klp_name == ".klp.sym.my_provider.helper,0"
     assert table.objects_with("helper") == []  # the caller's table is not changed
     relocs = inspect_module(tmp_path / "o2.o")

@@ -23,8 +23,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("cli")
     compile_module(tmp, "plain")
     compile_module(tmp, "bad", ("BAD_RELOC",))
-    compile_module(tmp, "user", source="extern int helper(int);\n"
-                   "int call(void) { return helper(1); }\n")
+    compile_module(
+        tmp, "user", source="extern int helper(int);\nint call(void) { return helper(1); }\n"
+    )
     compile_module(tmp, "prov", source="int helper(int x) { return x; }\n")
     write_symvers(tmp)
     shutil.copy(KALLSYMS_EXCERPT, tmp / "kallsyms")
@@ -40,8 +41,8 @@ def _patched(work: Path, name: str, edit: Callable[[bytearray], None]) -> Path:
 
 
 def _no_symtab(data: bytearray) -> None:
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shnum, = struct.unpack_from("<H", data, 0x3C)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    (shnum,) = struct.unpack_from("<H", data, 0x3C)
     for i in range(shnum):
         at = shoff + i * 64 + 4
         if struct.unpack_from("<I", data, at)[0] == 2:
@@ -66,17 +67,30 @@ CASES = [  # (case, module, extra args, error class, text in the message)
     ("no-symtab", "nosymtab", [], errors.NoSymtabError, "no symbol table"),
     ("missing", "missing", [], errors.FileReadError, "cannot read"),
     ("ambiguous", "plain", [], errors.AmbiguousSymbolError, "active_show"),
-    ("not-found", "plain", ["--symbol", "kernel_clone", "--sympos", "active_show=1",
-                            "--system-map", "small.map"], errors.SymbolNotFoundError,
-     "kernel_clone"),
+    (
+        "not-found",
+        "plain",
+        ["--symbol", "kernel_clone", "--sympos", "active_show=1", "--system-map", "small.map"],
+        errors.SymbolNotFoundError,
+        "kernel_clone",
+    ),
     ("range", "plain", ["--sympos", "active_show=7"], errors.SymposRangeError, "only 2"),
-    ("module-target", "user", ["--object-symbols", "prov=PROV"], errors.ModuleTargetError,
-     "livepatch"),
-    ("reloc-type", "bad", ["--sympos", "active_show=1"], errors.RelocationTypeError,
-     "R_X86_64_16"),
+    (
+        "module-target",
+        "user",
+        ["--object-symbols", "prov=PROV"],
+        errors.ModuleTargetError,
+        "livepatch",
+    ),
+    ("reloc-type", "bad", ["--sympos", "active_show=1"], errors.RelocationTypeError, "R_X86_64_16"),
     ("bad-map", "plain", ["--system-map", "bad.map"], errors.SymbolFileError, "bad.map:2:"),
-    ("bad-symvers", "plain", ["--symvers", "bad.symvers"], errors.SymbolFileError,
-     "bad.symvers:1:"),
+    (
+        "bad-symvers",
+        "plain",
+        ["--symvers", "bad.symvers"],
+        errors.SymbolFileError,
+        "bad.symvers:1:",
+    ),
 ]
 
 
@@ -91,8 +105,9 @@ def _prepare(work: Path, module: str) -> Path:
     return work / f"{module}.o"
 
 
-def _run(work: Path, module: Path, extra: list[str], capsys: pytest.CaptureFixture[str]
-         ) -> tuple[int, str, Path]:
+def _run(
+    work: Path, module: Path, extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, Path]:
     out = work / "out" / "result.ko"
     out.parent.mkdir(exist_ok=True)
     args = ["convert", str(module), "-o", str(out)]
@@ -107,8 +122,15 @@ def _run(work: Path, module: Path, extra: list[str], capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize("case, module, extra, cls, text", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(work: Path, capsys: pytest.CaptureFixture[str], case: str, module: str,
-                   extra: list[str], cls: type[errors.HarnessError], text: str) -> None:
+def test_bad_input(
+    work: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    module: str,
+    extra: list[str],
+    cls: type[errors.HarnessError],
+    text: str,
+) -> None:
     path = _prepare(work, module)
     rc, err, out = _run(work, path, extra, capsys)
     assert rc == cls.exit_code, err
@@ -127,41 +149,109 @@ def test_exit_codes_are_distinct() -> None:
 
 def test_usage_errors(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plain = str(work / "plain.o")
-    assert main(["convert", plain, "-o", str(work / "x.o"), "--system-map",
-                 str(work / "kallsyms")]) == 2
+    assert (
+        main(["convert", plain, "-o", str(work / "x.o"), "--system-map", str(work / "kallsyms")])
+        == 2
+    )
     assert "--symvers" in capsys.readouterr().err
-    assert main(["convert", plain, "--symbol", "do_exit", "--system-map",
-                 str(work / "kallsyms")]) == 2  # neither -o nor -i
-    assert main(["convert", plain, "-o", str(work / "x.o"), "--symbol", "do_exit",
-                 "--sympos", "do_exit=x", "--system-map", str(work / "kallsyms")]) == 2
+    assert (
+        main(["convert", plain, "--symbol", "do_exit", "--system-map", str(work / "kallsyms")]) == 2
+    )  # neither -o nor -i
+    assert (
+        main(
+            [
+                "convert",
+                plain,
+                "-o",
+                str(work / "x.o"),
+                "--symbol",
+                "do_exit",
+                "--sympos",
+                "do_exit=x",
+                "--system-map",
+                str(work / "kallsyms"),
+            ]
+        )
+        == 2
+    )
     assert not (work / "x.o").exists()
 
 
 def test_convert_then_inspect(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = work / "good.ko"
-    rc = main(["convert", str(work / "plain.o"), "-o", str(out), "--system-map",
-               str(work / "kallsyms"), "--symvers", str(work / "Module.symvers"),
-               "--sympos", "active_show=2", "-v"])
+    rc = main(
+        [
+            "convert",
+            str(work / "plain.o"),
+            "-o",
+            str(out),
+            "--system-map",
+            str(work / "kallsyms"),
+            "--symvers",
+            str(work / "Module.symvers"),
+            "--sympos",
+            "active_show=2",
+            "-v",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "left alone: _printk" in text and "15 relocations" in text
     assert main(["inspect", str(out), "--system-map", str(work / "kallsyms")]) == 0
     assert "resolves to 0xffffffff816c71a0" in capsys.readouterr().out
-    rc = main(["convert", str(out), "-o", str(work / "again.ko"), "--system-map",
-               str(work / "kallsyms"), "--symvers", str(work / "Module.symvers")])
+    rc = main(
+        [
+            "convert",
+            str(out),
+            "-o",
+            str(work / "again.ko"),
+            "--system-map",
+            str(work / "kallsyms"),
+            "--symvers",
+            str(work / "Module.symvers"),
+        ]
+    )
     assert rc == 0 and "already converted" in capsys.readouterr().out
     # sympos 0 on an ambiguous name: converted with a warning, then judged as the kernel would
     forced = work / "amb.ko"
-    assert main(["convert", str(work / "plain.o"), "-o", str(forced), "--system-map",
-                 str(work / "kallsyms"), "--symvers", str(work / "Module.symvers"),
-                 "--sympos", "active_show=0"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(work / "plain.o"),
+                "-o",
+                str(forced),
+                "--system-map",
+                str(work / "kallsyms"),
+                "--symvers",
+                str(work / "Module.symvers"),
+                "--sympos",
+                "active_show=0",
+            ]
+        )
+        == 0
+    )
     assert "warning" in capsys.readouterr().err
     assert main(["inspect", str(forced), "--system-map", str(work / "kallsyms"), "--json"]) == 1
     assert '"ambiguous"' in capsys.readouterr().out
 
 
 def test_subprocess_one_line(work: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "convert", str(work / "text.o"),
-                           "-o", str(work / "never.ko"), "--symbol", "x", "--system-map",
-                           str(work / "kallsyms")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "convert",
+            str(work / "text.o"),
+            "-o",
+            str(work / "never.ko"),
+            "--symbol",
+            "x",
+            "--system-map",
+            str(work / "kallsyms"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == errors.NotElfError.exit_code
     assert proc.stderr.count("\n") == 1 and not (work / "never.ko").exists()

@@ -112,3 +112,55 @@ def test_config_values_are_read_from_the_kernel_config(tmp_path: Path) -> None:
     assert k.config_value("CONFIG_CC_VERSION_TEXT") == "gcc-12 (Debian)"
     assert k.config_value("MODULE_SIG_FORCE") == "n"
     assert replace(k, release="7.3.1").version == (7, 3, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'module = "m"\n[[expect]]\noutcome = "pass"\n'
+            '[[expect.check]]\ncmd = "x"\nstatus = true\n',
+            "expect[0].check[0]: `status` must be an integer, got true",
+        ),
+        (
+            'module = "m"\n[convert]\nforce = "no"\n[[expect]]\noutcome = "pass"\n',
+            '[convert]: `force` must be true or false, got "no"',
+        ),
+        (
+            'module = "m"\n[convert]\nforce = 1\n[[expect]]\noutcome = "pass"\n',
+            "[convert]: `force` must be true or false, got 1",
+        ),
+        (
+            'module = "m"\n[[expect]]\noutcome = "pass"\nreason = 3\n',
+            "expect[0]: `reason` must be a string, got 3",
+        ),
+        (
+            'module = "m"\ndescription = ["a"]\n[[expect]]\noutcome = "pass"\n',
+            "`description` must be a string, got an array",
+        ),
+        (
+            'module = "m"\n[convert]\nsympos = { f = true }\n[[expect]]\noutcome = "pass"\n',
+            "sympos: maps symbol names to positions",
+        ),
+    ],
+)
+def test_types_are_strict(tmp_path: Path, text: str, message: str) -> None:
+    """`status = true` is no exit status and `force = "no"` is not false: refused, one line
+    naming the file, the key and the type wanted (exit 24)."""
+    d = write(tmp_path, text)
+    with pytest.raises(ExpectationError) as info:
+        load_sample(d)
+    assert str(info.value).startswith(f"{d / 'expect.toml'}: ")
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert info.value.exit_code == 24
+
+
+def test_right_types_still_load(tmp_path: Path) -> None:
+    d = write(
+        tmp_path,
+        'module = "m"\ndescription = "d"\n[convert]\nforce = false\nsympos = { f = 0 }\n'
+        '[[expect]]\noutcome = "pass"\nreason = "r"\n[[expect.check]]\ncmd = "x"\nstatus = 1\n',
+    )
+    sample = load_sample(d)
+    assert (sample.description, sample.convert.force) == ("d", False)
+    assert sample.cases[0][1].checks[0].status == 1 and sample.cases[0][1].reason == "r"

@@ -10,12 +10,27 @@ from harness.klpelf import parse_klp_symbol
 from harness.symbols import SymbolTable
 
 
-def rel(symbol: str, *, section: str = ".klp.rela.vmlinux..text", rtype: str = "R_X86_64_PC32",
-        marked: bool = True) -> KlpReloc:
+def rel(
+    symbol: str,
+    *,
+    section: str = ".klp.rela.vmlinux..text",
+    rtype: str = "R_X86_64_PC32",
+    marked: bool = True,
+) -> KlpReloc:
     parsed = parse_klp_symbol(symbol)
-    return KlpReloc(section, section.split(".")[3], ".text", symbol,
-                    parsed.obj if parsed else "", parsed.name if parsed else symbol,
-                    parsed.sympos if parsed else 0, rtype, 0x10, -4, marked)
+    return KlpReloc(
+        section,
+        section.split(".")[3],
+        ".text",
+        symbol,
+        parsed.obj if parsed else "",
+        parsed.name if parsed else symbol,
+        parsed.sympos if parsed else 0,
+        rtype,
+        0x10,
+        -4,
+        marked,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +38,18 @@ def table() -> SymbolTable:
     return SymbolTable.load(KALLSYMS_EXCERPT)
 
 
-@pytest.mark.parametrize("symbol, status, text", [
-    (".klp.sym.vmlinux.kernel_clone,0", "resolves", "0xffffffff810a0a60"),
-    (".klp.sym.vmlinux.jhash,0", "ambiguous", "17 candidates"),
-    (".klp.sym.vmlinux.jhash,17", "resolves", "resolves to"),
-    (".klp.sym.vmlinux.active_show,3", "position-too-large", "symbol position 3"),
-    (".klp.sym.vmlinux.no_such_thing,0", "not-found", "not found in symbol table"),
-    (".klp.sym.vmlinux.fixed_percpu_data,0", "not-found", "address 0"),
-    (".klp.sym.vmlinux.kernel_clone", "malformed", "incorrectly formatted"),
-])
+@pytest.mark.parametrize(
+    "symbol, status, text",
+    [
+        (".klp.sym.vmlinux.kernel_clone,0", "resolves", "0xffffffff810a0a60"),
+        (".klp.sym.vmlinux.jhash,0", "ambiguous", "17 candidates"),
+        (".klp.sym.vmlinux.jhash,17", "resolves", "resolves to"),
+        (".klp.sym.vmlinux.active_show,3", "position-too-large", "symbol position 3"),
+        (".klp.sym.vmlinux.no_such_thing,0", "not-found", "not found in symbol table"),
+        (".klp.sym.vmlinux.fixed_percpu_data,0", "not-found", "address 0"),
+        (".klp.sym.vmlinux.kernel_clone", "malformed", "incorrectly formatted"),
+    ],
+)
 def test_vmlinux_verdicts(table: SymbolTable, symbol: str, status: str, text: str) -> None:
     (v,) = verdicts([rel(symbol)], table)
     assert v.status == status and text in v.message
@@ -52,8 +70,11 @@ def test_module_objects(table: SymbolTable) -> None:
 
 
 def test_one_verdict_per_symbol(table: SymbolTable) -> None:
-    relocs = [rel(".klp.sym.vmlinux.kernel_clone,0"), rel(".klp.sym.vmlinux.kernel_clone,0"),
-              rel(".klp.sym.vmlinux.do_exit,0")]
+    relocs = [
+        rel(".klp.sym.vmlinux.kernel_clone,0"),
+        rel(".klp.sym.vmlinux.kernel_clone,0"),
+        rel(".klp.sym.vmlinux.do_exit,0"),
+    ]
     judged = verdicts(relocs, table)
     assert [(v.name, v.relocations) for v in judged] == [("kernel_clone", 2), ("do_exit", 1)]
 

@@ -8,15 +8,25 @@ import pytest
 
 from harness.acquire import acquire
 from harness.errors import ExpectationError, KernelError
-from harness.kernels import default_spec, load_declared, parse_spec, resolve_name
+from harness.kernels import (
+    check_spec,
+    default_spec,
+    load_declared,
+    load_matrix,
+    parse_spec,
+    resolve_name,
+)
 
 
 def test_suite_specs() -> None:
     s = parse_spec("debian:bookworm")
     assert (s.kind, s.release, s.backports) == ("debian-suite", "bookworm", False)
     assert s.flavour == "amd64"
-    assert s.suite_priorities() == {"bookworm": 500, "bookworm-updates": 500,
-                                    "bookworm-security": 500}
+    assert s.suite_priorities() == {
+        "bookworm": 500,
+        "bookworm-updates": 500,
+        "bookworm-security": 500,
+    }
     b = parse_spec("debian:trixie-backports")
     assert b.suite == "trixie-backports" and b.suite_priorities()["trixie-backports"] == 990
     c = parse_spec("debian:bookworm-backports-cloud")
@@ -84,8 +94,12 @@ def _write(dir: Path, name: str, text: str) -> None:
 
 def test_declarations_format(tmp_path: Path) -> None:
     _write(tmp_path, "a.toml", '[[kernel]]\nname = "k1"\nspec = "debian:sid"\n')
-    _write(tmp_path, "b.toml", '[[kernel]]\nname = "k2"\nspec = "debian:bookworm"\n'
-           'default = true\ndescription = "x"\n[[kernel]]\nname = "k3"\nspec = "local:/x"\n')
+    _write(
+        tmp_path,
+        "b.toml",
+        '[[kernel]]\nname = "k2"\nspec = "debian:bookworm"\n'
+        'default = true\ndescription = "x"\n[[kernel]]\nname = "k3"\nspec = "local:/x"\n',
+    )
     decls = load_declared(tmp_path)
     assert [d.name for d in decls] == ["k1", "k2", "k3"]
     assert decls[1].default and decls[1].description == "x"
@@ -98,13 +112,19 @@ def test_declarations_format(tmp_path: Path) -> None:
         ('[[kernel]]\nname = "k"\n', "'spec' must be"),
         ('[[kernel]]\nname = "k"\nspec = "debian:buster"\n', "unknown suite"),
         ('[[kernel]]\nname = "k"\nspec = "debian:sid"\nflavor = 1\n', "unknown keys"),
-        ('kernel = 1\n', "array of tables"),
-        ('[[kernel]\n', "invalid TOML"),
-        ('[other]\n', "unknown top-level"),
-        ('[[kernel]]\nname = "k"\nspec = "debian:sid"\n'
-         '[[kernel]]\nname = "k"\nspec = "debian:sid"\n', "already declared"),
-        ('[[kernel]]\nname = "a"\nspec = "debian:sid"\ndefault = true\n'
-         '[[kernel]]\nname = "b"\nspec = "debian:sid"\ndefault = true\n', "more than one default"),
+        ("kernel = 1\n", "array of tables"),
+        ("[[kernel]\n", "invalid TOML"),
+        ("[other]\n", "unknown top-level"),
+        (
+            '[[kernel]]\nname = "k"\nspec = "debian:sid"\n'
+            '[[kernel]]\nname = "k"\nspec = "debian:sid"\n',
+            "already declared",
+        ),
+        (
+            '[[kernel]]\nname = "a"\nspec = "debian:sid"\ndefault = true\n'
+            '[[kernel]]\nname = "b"\nspec = "debian:sid"\ndefault = true\n',
+            "more than one default",
+        ),
     ],
 )
 def test_declaration_errors(tmp_path: Path, text: str, match: str) -> None:
@@ -117,3 +137,62 @@ def test_no_default(tmp_path: Path) -> None:
     _write(tmp_path, "k.toml", '[[kernel]]\nname = "k"\nspec = "debian:sid"\n')
     with pytest.raises(ExpectationError, match="no kernel is marked default"):
         default_spec(tmp_path)
+
+
+def test_empty_matrix_directory_is_refused(tmp_path: Path) -> None:
+    # it used to run the default kernel instead, silently
+    with pytest.raises(ExpectationError, match="no \\[\\[kernel\\]\\] declared") as err:
+        load_matrix(tmp_path)
+    assert err.value.exit_code == 24 and str(tmp_path) in str(err.value)
+    _write(tmp_path, "notes.txt", "[[kernel]]\n")
+    with pytest.raises(ExpectationError, match="no \\[\\[kernel\\]\\] declared"):
+        load_matrix(tmp_path)
+
+
+def test_duplicate_names_in_one_matrix_file(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        "m.toml",
+        '[[kernel]]\nname = "a"\nspec = "debian:bookworm"\n'
+        '[[kernel]]\nname = "a"\nspec = "debian:trixie"\n',
+    )
+    with pytest.raises(ExpectationError, match="kernel name 'a' already declared in the same"):
+        load_matrix(tmp_path / "m.toml")
+    _write(
+        tmp_path,
+        "m.toml",
+        '[[kernel]]\nname = "a"\nspec = "debian:sid"\ndefault = true\n'
+        '[[kernel]]\nname = "b"\nspec = "debian:sid"\ndefault = true\n',
+    )
+    with pytest.raises(ExpectationError, match="more than one default"):
+        load_matrix(tmp_path / "m.toml")
+    _write(
+        tmp_path,
+        "m.toml",
+        '[[kernel]]\nname = "a"\nspec = "debian:sid"\n'
+        '[[kernel]]\nname = "b"\nspec = "debian:sid"\n',
+    )
+    assert [d.name for d in load_matrix(tmp_path / "m.toml")] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("debian:nosuch", "unknown suite or ABI 'nosuch'"),
+        ("nosuch", "neither a kernel spec nor a declared kernel name"),
+        ("source:6.1:nosuchconfig", "no config 'nosuchconfig'"),
+        ("local:/nonexistent/tree", "/nonexistent/tree is not a directory"),
+    ],
+)
+def test_check_spec_refuses_before_any_fetch(text: str, match: str) -> None:
+    """What `run` calls for each spec before it writes a results dir: exit 20, one line."""
+    with pytest.raises(KernelError, match=match) as err:
+        check_spec(text)
+    assert err.value.exit_code == 20 and "\n" not in str(err.value)
+
+
+def test_check_spec_accepts(tmp_path: Path) -> None:
+    assert check_spec("bookworm").text == "debian:bookworm"
+    assert check_spec("debian:6.1.0-47-amd64").kind == "debian-abi"
+    assert check_spec("source:6.1:livepatch").config == "livepatch"
+    assert check_spec(f"local:{tmp_path}").path == tmp_path

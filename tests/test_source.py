@@ -198,7 +198,7 @@ def test_sig_force_refuses_unsigned_loads_signed(tmp_path: Path) -> None:
     unsigned (kbuild's raw .ko is not signed: no MODULE_SIG_ALL for M= builds) is refused."""
     from harness.acquire import acquire
     from harness.boot import boot
-    from harness.build import build_module
+    from harness.build import build_module, builds_dir
     from harness.expect import load_sample
     from harness.sign import is_signed, strip_signature
 
@@ -206,15 +206,15 @@ def test_sig_force_refuses_unsigned_loads_signed(tmp_path: Path) -> None:
     assert kernel.config_value("MODULE_SIG_FORCE") == "y"
     built = build_module(kernel, load_sample(Path(__file__).parent.parent / "modules/kernel_clone"))
     assert is_signed(built.ko)
-    unsigned = tmp_path / "unsigned" / built.ko.name
-    unsigned.parent.mkdir()
-    strip_signature(built.ko, unsigned)
-    assert not is_signed(unsigned)
-    with boot(kernel, tmp_path / "console.log") as guest:
-        refused = guest.run(f"insmod {unsigned}")
+    with boot(kernel, tmp_path / "console.log", modules=builds_dir(kernel)) as guest:
+        # The guest sees its shared dir at /klp/share: put the unsigned copy there.
+        unsigned = guest.share_dir / built.ko.name
+        strip_signature(built.ko, unsigned)
+        assert not is_signed(unsigned)
+        refused = guest.run(f"insmod /klp/share/{built.ko.name}")
         assert refused.status != 0 and "Key was rejected" in refused.output
         assert "Loading of unsigned module is rejected" in guest.run("dmesg").output
-        assert guest.run(f"insmod {built.ko}").ok
+        assert guest.run(f"insmod {guest.path(built.ko)}").ok
         assert guest.run(f"rmmod {built.module}").ok
 
 

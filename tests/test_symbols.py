@@ -26,7 +26,9 @@ def test_unique_names_resolve(real: SymbolTable) -> None:
 def test_duplicates_keep_file_order(real: SymbolTable) -> None:
     cands = real.candidates("active_show")
     assert [(c.position, c.address, c.type) for c in cands] == [
-        (1, 0xFFFFFFFF810A2AC0, "t"), (2, 0xFFFFFFFF816C71A0, "t")]
+        (1, 0xFFFFFFFF810A2AC0, "t"),
+        (2, 0xFFFFFFFF816C71A0, "t"),
+    ]
     assert len(real.candidates("jhash")) == 17
     amb = real.resolve("jhash", 0)
     assert amb.status == "ambiguous" and "17 candidates" in amb.message
@@ -48,22 +50,30 @@ def test_equal_addresses_keep_order() -> None:
 
 
 def test_module_column_is_not_vmlinux() -> None:
-    text = ("ffffffff81000000 T core\nffffffffc0000000 t helper\t[mymod]\n"
-            "ffffffffc0001000 t helper\t[mymod]\n")
+    text = (
+        "ffffffff81000000 T core\nffffffffc0000000 t helper\t[mymod]\n"
+        "ffffffffc0001000 t helper\t[mymod]\n"
+    )
     table = SymbolTable.parse(text, "kallsyms")
     assert table.candidates("helper") == []
     assert len(table.candidates("helper", "mymod")) == 2
     assert table.objects_with("helper") == ["mymod"]
 
 
-@pytest.mark.parametrize("text, where", [
-    ("ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n", ":1:"),
-    ("ffffffff81000000 T ok\nzzzz T bad\n", ":2:"),
-    ("ffffffff81000000 TT name\n", ":1:"),
-    ("ffffffff81000000 T a b c\n", ":1:"),
-    ("", "no symbols"),
-    ("0000000000000000 T a\n0000000000000000 T b\n", "zero"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (
+            "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n",
+            ":1:",
+        ),
+        ("ffffffff81000000 T ok\nzzzz T bad\n", ":2:"),
+        ("ffffffff81000000 TT name\n", ":1:"),
+        ("ffffffff81000000 T a b c\n", ":1:"),
+        ("", "no symbols"),
+        ("0000000000000000 T a\n0000000000000000 T b\n", "zero"),
+    ],
+)
 def test_malformed_symbol_tables(tmp_path: Path, text: str, where: str) -> None:
     path = tmp_path / "System.map"
     path.write_text(text)
@@ -81,11 +91,16 @@ def test_missing_files(tmp_path: Path) -> None:
 
 def test_symvers(tmp_path: Path) -> None:
     path = tmp_path / "Module.symvers"
-    path.write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
-                    "0x2\tfoo\tdrivers/x\tEXPORT_SYMBOL_GPL\tNS\n0x3\told\tvmlinux\tEXPORT_SYMBOL\n")
+    path.write_text(
+        "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
+        "0x2\tfoo\tdrivers/x\tEXPORT_SYMBOL_GPL\tNS\n0x3\told\tvmlinux\tEXPORT_SYMBOL\n"
+    )
     assert load_symvers(path) == {"printk", "foo", "old"}
-    for bad in ("printk vmlinux EXPORT_SYMBOL\n", "0xZZ\tp\tvmlinux\tEXPORT_SYMBOL\n",
-                "0x1\tp\tvmlinux\tWHATEVER\n"):
+    for bad in (
+        "printk vmlinux EXPORT_SYMBOL\n",
+        "0xZZ\tp\tvmlinux\tEXPORT_SYMBOL\n",
+        "0x1\tp\tvmlinux\tWHATEVER\n",
+    ):
         path.write_text("0x1\tok\tvmlinux\tEXPORT_SYMBOL\n" + bad)
         with pytest.raises(SymbolFileError, match=r"Module.symvers:2:"):
             load_symvers(path)
