@@ -162,7 +162,7 @@ def boot(
 ) -> Guest:
     """Boot `kernel`, return a `Guest` at a ready shell; use it as a context manager.
 
-    `accel` None probes KVM (once per process) and falls back to TCG. `timeout_scale`
+    `accel` None probes KVM (a cached verdict, see harness.accel), else TCG. `timeout_scale`
     multiplies every timeout (default 1 for KVM, TCG_SCALE for TCG). The console log is
     written to `console_log`; command outputs, kallsyms.txt and a final dmesg.txt go to
     `share_dir` (default `<console_log stem>.files` beside it). Raises BootError (GuestDied,

@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.kernels import default_spec, load_matrix, parse_spec
+    from harness.kernels import check_spec, default_spec, load_matrix
     from harness.runner import default_jobs
     from harness.runner import run as run_all
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         specs += [d.spec for d in load_matrix(matrix)]
     specs = list(dict.fromkeys(specs)) or [default_spec()]
     for spec in specs:
-        parse_spec(spec)  # a bad spec is a usage problem (exit 20), not a result to write
+        check_spec(spec)  # a bad spec is refused (exit 20) before any result is written
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs takes a number >= 1")
     jobs = min(len(specs), args.jobs or default_jobs())
