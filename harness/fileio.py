@@ -233,3 +233,27 @@ def exclusive_file(path: Path) -> tuple[Path, BinaryIO]:
         except FileExistsError:
             continue
     raise HarnessError(f"{path}: no free name")
+
+
+def sweep_special_files(top: Path) -> list[tuple[Path, str]]:
+    """Remove every entry under `top` that is neither a regular file nor a directory
+    (symlinks, FIFOs, device nodes, sockets), without following links; return what went.
+
+    Run after the guest is gone, so that no later reader of the results (a report, an
+    artifact upload that follows links) can be led out of them.
+    """
+    removed: list[tuple[Path, str]] = []
+    for root, dirs, files in os.walk(top, followlinks=False):
+        for name in dirs + files:
+            path = Path(root) / name
+            try:
+                mode = path.lstat().st_mode
+            except OSError:
+                continue
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                continue
+            kind = "symlink" if stat.S_ISLNK(mode) else "special file"
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append((path, kind))
+    return removed

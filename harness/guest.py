@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import secrets
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,17 @@ from typing import IO, NoReturn
 import pexpect
 
 from harness import dmesg
+from harness.consolelog import console_tail
 from harness.errors import BootError, FileReadError
-from harness.fileio import MissingFileError, open_dir, read_regular, write_new
+from harness.fileio import (
+    MissingFileError,
+    open_dir,
+    read_regular,
+    sweep_special_files,
+    write_new,
+)
 from harness.guestroot import GUEST_SHARE, guest_path
 
-TAIL_LINES = 40
-MAX_TAIL_LINES = 150  # a tail grows to this to keep a whole panic dump
 OUTPUT_LIMIT = 16 << 20  # a command's output, a dmesg dump: far above a 1 MiB log buffer
 KALLSYMS_LIMIT = 256 << 20  # /proc/kallsyms of a big config is tens of MiB
 
@@ -79,32 +83,6 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.status == 0
-
-
-def console_tail(path: Path, lines: int = TAIL_LINES) -> str:
-    """The last `lines` non-empty lines of a console log, escapes and \\r removed."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
-            raw = handle.read()
-    except OSError:
-        return "(no console log)"
-    text = dmesg.clean_console(raw.decode(errors="replace"))
-    kept = [line.rstrip() for line in text.split("\n") if line.strip()]
-    return "\n".join(kept[_tail_start(kept, lines) :]) or "(console log is empty)"
-
-
-def _tail_start(kept: list[str], lines: int) -> int:
-    """Where the tail starts: `lines` from the end, or earlier so that it holds the first
-    splat of the last MAX_TAIL_LINES lines and the two lines before it (what triggered it)."""
-    start = max(0, len(kept) - lines)
-    window = max(0, len(kept) - MAX_TAIL_LINES)
-    splats = dmesg.scan_splats([dmesg.strip_prefix(line) for line in kept[window:]])
-    if splats:
-        start = min(start, window + max(0, splats[0].index - 2))
-    return start
 
 
 class Guest:
@@ -436,27 +414,3 @@ class Guest:
 
 class _Retry(Exception):
     """Internal: a wait that the caller retries."""
-
-
-def sweep_special_files(top: Path) -> list[tuple[Path, str]]:
-    """Remove every entry under `top` that is neither a regular file nor a directory
-    (symlinks, FIFOs, device nodes, sockets), without following links; return what went.
-
-    Run after the guest is gone, so that no later reader of the results (a report, an
-    artifact upload that follows links) can be led out of them.
-    """
-    removed: list[tuple[Path, str]] = []
-    for root, dirs, files in os.walk(top, followlinks=False):
-        for name in dirs + files:
-            path = Path(root) / name
-            try:
-                mode = path.lstat().st_mode
-            except OSError:
-                continue
-            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-                continue
-            kind = "symlink" if stat.S_ISLNK(mode) else "special file"
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed.append((path, kind))
-    return removed

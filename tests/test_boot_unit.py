@@ -15,15 +15,15 @@ import pexpect
 import pytest
 
 from harness import accel, boot
+from harness.consolelog import console_tail
 from harness.errors import BootError
+from harness.fileio import sweep_special_files
 from harness.guest import (
     OUTPUT_LIMIT,
     Guest,
     GuestDied,
     GuestFileError,
     GuestTimeout,
-    console_tail,
-    sweep_special_files,
 )
 from harness.kernel import Kernel
 
@@ -285,7 +285,7 @@ def test_boot_phase_failure_names_phase_and_tail(tmp_path: Path) -> None:
 
 def test_console_tail_keeps_a_long_panic_dump_whole(tmp_path: Path) -> None:
     """A panic dump longer than the usual tail still starts at what triggered it."""
-    from harness.guest import TAIL_LINES, console_tail
+    from harness.consolelog import TAIL_LINES, console_tail
 
     lines = [f"[    1.0] boot line {i}" for i in range(100)]
     lines += ["[    7.1] sysrq: Trigger a crash", "[    7.1] Kernel panic - not syncing: sysrq"]
