@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.acquire import acquire
-from harness.boot import boot
+from harness.kernels.acquire import acquire
+from harness.vm.boot import boot
 
 
 def one_boot(spec: str, accel: str | None, out: Path, commands: int) -> dict[str, float]:

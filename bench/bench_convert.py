@@ -82,8 +82,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    from harness.convert import convert_module, undefined_symbols
-    from harness.symbols import SymbolTable
+    from harness.klp.convert import convert_module, undefined_symbols
+    from harness.klp.symbols import SymbolTable
 
     ko = args.ko or largest_module(fetch(args.package, args.deb))
     work = cache_dir("bench", "work")
@@ -109,7 +109,7 @@ def main() -> int:
     cli = [
         sys.executable,
         "-m",
-        "harness.cli",
+        "harness.cli.main",
         "convert",
         str(ko),
         "-o",
@@ -127,7 +127,7 @@ def main() -> int:
     startup = [
         sys.executable,
         "-c",
-        "import numpy, elftools.elf.elffile, harness.cli; harness.cli.build_parser()",
+        "import numpy, elftools.elf.elffile, harness.cli.main; harness.cli.main.build_parser()",
     ]
     t_start = min(child_run(startup)[0] for _ in range(args.runs))
 

@@ -28,23 +28,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import harness.boot
-from harness import runner
-from harness.accel import choose_accel
-from harness.acquire import acquire
-from harness.boot import bootable_image, vng_command
-from harness.build import build_with_requirements
-from harness.expect import all_samples
-from harness.guestroot import guest_root
-from harness.kernels import default_spec
+import harness.vm.boot
+from harness.build.modules import build_with_requirements
+from harness.kernels.acquire import acquire
+from harness.kernels.spec import default_spec
+from harness.suite import runner
+from harness.suite.samples import all_samples
+from harness.vm.accel import choose_accel
+from harness.vm.boot import bootable_image, vng_command
+from harness.vm.guestroot import guest_root
 
 guest_seconds = 0.0
-_real_boot = harness.boot.boot
+_real_boot = harness.vm.boot.boot
 
 
 @contextlib.contextmanager
 def _timed_boot(*args: Any, **kwargs: Any) -> Iterator[Any]:
-    """harness.boot.boot, adding the time from vng start to qemu exit to guest_seconds."""
+    """harness.vm.boot.boot, adding the time from vng start to qemu exit to guest_seconds."""
     global guest_seconds
     start = time.monotonic()
     try:
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--skip-cold", action="store_true", help="do not time an empty cache")
     parser.add_argument("--repeat", type=int, default=3, help="(a)/(b) pairs (default 3)")
     args = parser.parse_args()
-    harness.boot.boot = _timed_boot  # type: ignore[assignment]
+    harness.vm.boot.boot = _timed_boot  # type: ignore[assignment]
     work = Path(tempfile.mkdtemp(prefix="klp-bench-e2e-"))
 
     if not args.skip_cold:

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from tempfile import mkdtemp
 
-from harness.acquire import acquire
-from harness.expect import all_samples
-from harness.kernels import DEFAULT_DIR, load_matrix
-from harness.runner import run
+from harness.kernels.acquire import acquire
+from harness.kernels.spec import DEFAULT_DIR, load_matrix
+from harness.suite.runner import run
+from harness.suite.samples import all_samples
 
 
 def build_seconds(vmlinuz: Path) -> float | None:

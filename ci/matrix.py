@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.errors import HarnessError
-from harness.kernels import KernelDecl, load_declared, parse_spec
+from harness.kernels.spec import KernelDecl, load_declared, parse_spec
 
 # Job timeouts in minutes: a Debian kernel is fetched, a source kernel is built first.
 TIMEOUTS = {"debian-suite": 60, "debian-abi": 60, "source": 150}

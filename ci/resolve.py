@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.errors import HarnessError
-from harness.kernels import Spec, parse_spec, resolve_name
+from harness.kernels.spec import Spec, parse_spec, resolve_name
 
 
 def _safe(text: str) -> str:
@@ -28,8 +28,8 @@ def _safe(text: str) -> str:
 
 def resolve(spec: Spec) -> tuple[str, list[str]]:
     """(cache key, name=version of every package) for `spec`."""
-    from harness.acquire import apt_root
-    from harness.acquire import resolve as resolve_spec
+    from harness.kernels.acquire import apt_root
+    from harness.kernels.acquire import resolve as resolve_spec
 
     if spec.kind in ("debian-suite", "debian-abi"):
         res = resolve_spec(spec.text)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import BuiltModule, build_with_requirements, builds_dir
+from harness.build.modules import BuiltModule, build_with_requirements, builds_dir
 from harness.errors import HarnessError
-from harness.expect import find_sample
-from harness.guest import Guest
-from harness.kernel import Kernel
-from harness.results import NA, ModuleResult
+from harness.kernels.kernel import Kernel
+from harness.suite.results import NA, ModuleResult
+from harness.suite.samples import find_sample
+from harness.vm.guest import Guest
 
 VM_TOOLS = {
     "vng": "pip install virtme-ng (ci/setup.sh does it)",
@@ -60,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "klp_kernel_spec" in metafunc.fixturenames:
-        from harness.kernels import default_spec
+        from harness.kernels.spec import default_spec
 
         specs = metafunc.config.getoption("kernel") or [default_spec()]
         metafunc.parametrize("klp_kernel_spec", specs, scope="session")
@@ -68,7 +68,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def missing_vm_tools() -> list[str]:
     """Install hints for every tool a boot needs that this machine lacks."""
-    from harness.boot import find_vng
+    from harness.vm.boot import find_vng
 
     def found(tool: str) -> bool:
         if tool == "vng":  # beside the interpreter (a venv not on PATH) or on PATH
@@ -94,7 +94,7 @@ def klp_results_dir(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def klp_kernel(klp_kernel_spec: str) -> Kernel:
-    from harness.acquire import acquire
+    from harness.kernels.acquire import acquire
 
     try:
         return acquire(klp_kernel_spec)
@@ -104,7 +104,7 @@ def klp_kernel(klp_kernel_spec: str) -> Kernel:
 
 @pytest.fixture(scope="session")
 def klp_guest(klp_kernel: Kernel, klp_results_dir: Path) -> Iterator[Guest]:
-    from harness.boot import boot
+    from harness.vm.boot import boot
 
     missing = missing_vm_tools()
     if missing:
@@ -130,7 +130,7 @@ def klp_module(klp_kernel: Kernel) -> Callable[[str], BuiltModule]:
 def klp_step(
     klp_guest: Guest, klp_kernel: Kernel, klp_module: Callable[[str], BuiltModule]
 ) -> Callable[[str], ModuleResult]:
-    from harness.steps import run_step
+    from harness.suite.steps import run_step
 
     def step(name_or_path: str) -> ModuleResult:
         sample = find_sample(name_or_path)

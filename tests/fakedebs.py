@@ -7,9 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import kallsyms
-from harness.resolve import Pkg, Resolution
-from harness.verify import digest
+from harness.kernels import kallsyms
+from harness.kernels.resolve import Pkg, Resolution
+from harness.kernels.verify import digest
 
 
 def bzimage(syssize: int = 16, cut: int = 0) -> bytes:

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from fakedebs import ABI, fake_recover, fake_resolution
 
-from harness import acquire as acq
-from harness import kallsyms
 from harness.errors import KernelError
-from harness.kernel import Kernel
-from harness.kernels import default_spec, parse_spec
-from harness.verify import MARKER
+from harness.kernels import acquire as acq
+from harness.kernels import kallsyms
+from harness.kernels.kernel import Kernel
+from harness.kernels.spec import default_spec, parse_spec
+from harness.kernels.verify import MARKER
 
 HELLO = """\
 #include <linux/module.h>
@@ -74,8 +74,8 @@ def test_warm_acquire_calls_no_apt(default_kernel: Kernel, monkeypatch: pytest.M
     def no_subprocess(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"subprocess on a warm cache: {args}")
 
-    monkeypatch.setattr("harness.apt.subprocess.run", no_subprocess)
-    monkeypatch.setattr("harness.acquire.subprocess.run", no_subprocess)
+    monkeypatch.setattr("harness.kernels.apt.subprocess.run", no_subprocess)
+    monkeypatch.setattr("harness.kernels.acquire.subprocess.run", no_subprocess)
     start = time.monotonic()
     again = acq.acquire(default_spec(), quiet=True)
     assert again == default_kernel

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.apt import (
+from harness.errors import KernelError
+from harness.kernels.apt import (
     MIRROR_ENV,
     AptRoot,
     debian_mirror,
@@ -19,7 +20,6 @@ from harness.apt import (
     private_sources,
     read_host_sources,
 )
-from harness.errors import KernelError
 
 ONE_LINE = """\
 # a comment

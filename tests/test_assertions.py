@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import assertions
-from harness.assertions import assess_step, parse_kallsyms
 from harness.errors import SymbolFileError
+from harness.suite import assertions
+from harness.suite.assertions import assess_step, parse_kallsyms
 
 DATA = Path(__file__).parent / "data" / "consoles"
 GOOD, OE, DWOE = 0, 12288, 12928  # /proc/sys/kernel/tainted around the two insmods

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.bisect import (
+from harness.errors import UsageError
+from harness.suite.bisect import (
     KernelVersion,
     Step,
     bisect,
@@ -12,8 +13,7 @@ from harness.bisect import (
     parse_madison,
     pick,
 )
-from harness.errors import UsageError
-from harness.results import KernelResult
+from harness.suite.results import KernelResult
 
 # `apt-cache madison` in the private apt root (bookworm, 2026-11); host name replaced.
 MADISON = """\

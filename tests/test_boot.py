@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.boot import Guest, GuestDied, GuestTimeout, boot
 from harness.errors import BootError
-from harness.kernel import Kernel
+from harness.kernels.kernel import Kernel
+from harness.vm.boot import Guest, GuestDied, GuestTimeout, boot
 
 pytestmark = pytest.mark.vm
 

@@ -14,18 +14,18 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from harness import accel, boot
-from harness.consolelog import console_tail
 from harness.errors import BootError
 from harness.fileio import sweep_special_files
-from harness.guest import (
+from harness.kernels.kernel import Kernel
+from harness.vm import accel, boot
+from harness.vm.consolelog import console_tail
+from harness.vm.guest import (
     OUTPUT_LIMIT,
     Guest,
     GuestDied,
     GuestFileError,
     GuestTimeout,
 )
-from harness.kernel import Kernel
 
 DATA = Path(__file__).parent / "data" / "consoles"
 RELEASE = "6.1.0-56-amd64"
@@ -195,7 +195,7 @@ def test_no_kvm_device_is_tcg_without_a_probe(probe_host: Path) -> None:
 
 def test_vng_is_found_beside_the_interpreter_without_path() -> None:
     """`vng` in the venv's bin/, which is not on PATH (a venv used without activating it)."""
-    code = "from harness.boot import find_vng; print(find_vng())"  # what vng_command runs
+    code = "from harness.vm.boot import find_vng; print(find_vng())"  # what vng_command runs
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "PATH": "/usr/bin:/bin"},
@@ -285,7 +285,7 @@ def test_boot_phase_failure_names_phase_and_tail(tmp_path: Path) -> None:
 
 def test_console_tail_keeps_a_long_panic_dump_whole(tmp_path: Path) -> None:
     """A panic dump longer than the usual tail still starts at what triggered it."""
-    from harness.consolelog import TAIL_LINES, console_tail
+    from harness.vm.consolelog import TAIL_LINES, console_tail
 
     lines = [f"[    1.0] boot line {i}" for i in range(100)]
     lines += ["[    7.1] sysrq: Trigger a crash", "[    7.1] Kernel panic - not syncing: sysrq"]

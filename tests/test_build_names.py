@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.build import build_module, build_name, source_files
+from harness.build.modules import build_module, build_name, source_files
 from harness.errors import BuildError
-from harness.expect import load_sample
-from harness.kernel import Kernel
+from harness.kernels.kernel import Kernel
+from harness.suite.samples import load_sample
 
 SAMPLE = Path(__file__).resolve().parent.parent / "modules" / "kernel_clone"
 HOSTILE = ["x$(shell touch PWNED)", "sp ace\"q';semi", "$$(touch PWNED) `touch PWNED`"]

@@ -1,6 +1,6 @@
 """modpost output parsing, on lines captured from a real kbuild run against Debian 6.1 headers."""
 
-from harness.build import modpost_undefined
+from harness.build.modules import modpost_undefined
 
 REAL_LOG = """\
   CC [M]  /tmp/b1/klp_kernel_clone.o
@@ -23,7 +23,7 @@ def test_modpost_error_form_counts_too() -> None:
 
 
 def test_sympos_defines_are_c_identifiers() -> None:
-    from harness.build import sympos_defines
+    from harness.build.modules import sympos_defines
 
     assert sympos_defines({"foo": 3, "bar.cold": 2}) == [
         "-DKLP_SYMPOS_foo=3",

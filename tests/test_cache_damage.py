@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.kernels import default_spec
+from harness.kernels.spec import default_spec
 
 pytestmark = pytest.mark.vm
 
@@ -28,7 +28,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def _argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", *args]
+    return [sys.executable, "-m", "harness.cli.main", *args]
 
 
 @pytest.fixture(scope="session")

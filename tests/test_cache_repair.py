@@ -13,14 +13,14 @@ from typing import Any, cast
 import pytest
 from fakedebs import ABI, bzimage, fake_recover, fake_resolution
 
-from harness import acquire as acq
-from harness import kallsyms, resolve
-from harness.apt import AptRoot
-from harness.cli import main
+from harness.cli.main import main
 from harness.errors import KernelError
-from harness.kernels import parse_spec
-from harness.resolve import Resolution
-from harness.verify import DamagedEntry, debian_entry, vmlinuz_problem
+from harness.kernels import acquire as acq
+from harness.kernels import kallsyms, resolve
+from harness.kernels.apt import AptRoot
+from harness.kernels.resolve import Resolution
+from harness.kernels.spec import parse_spec
+from harness.kernels.verify import DamagedEntry, debian_entry, vmlinuz_problem
 
 SPEC = f"debian:{ABI}"
 
@@ -241,8 +241,8 @@ def test_warm_acquire_is_cheap_and_calls_no_apt(
     def no_subprocess(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"subprocess on a warm cache: {args}")
 
-    monkeypatch.setattr("harness.apt.subprocess.run", no_subprocess)
-    monkeypatch.setattr("harness.acquire.subprocess.run", no_subprocess)
+    monkeypatch.setattr("harness.kernels.apt.subprocess.run", no_subprocess)
+    monkeypatch.setattr("harness.kernels.acquire.subprocess.run", no_subprocess)
     kernel = acq.acquire(SPEC, quiet=True)
     assert kernel.release == ABI and kernel.vmlinuz.read_bytes() == bzimage()
 
@@ -269,8 +269,8 @@ def test_vmlinuz_header(tmp_path: Path, data: bytes, said: str) -> None:
 def test_damaged_source_build_is_built_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from harness import kbuild
-    from harness.source import SourceTree, fragment_paths, fragments_hash
+    from harness.kernels import source_build as kbuild
+    from harness.kernels.source import SourceTree, fragment_paths, fragments_hash
 
     monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path))
     tree = SourceTree(tmp_path / "linux", "linux-source-6.1", "6.1.1-1")

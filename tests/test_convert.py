@@ -11,7 +11,6 @@ from elfbuild import KALLSYMS_EXCERPT, compile_module, have_gcc, readelf, write_
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from harness.convert import convert_module, undefined_symbols
 from harness.errors import (
     AmbiguousSymbolError,
     ModuleTargetError,
@@ -20,8 +19,9 @@ from harness.errors import (
     SymposRangeError,
     UsageError,
 )
-from harness.inspect_klp import inspect_module, verdicts
-from harness.symbols import SymbolTable, load_symvers
+from harness.klp.convert import convert_module, undefined_symbols
+from harness.klp.inspect import inspect_module, verdicts
+from harness.klp.symbols import SymbolTable, load_symvers
 
 pytestmark = pytest.mark.skipif(not have_gcc(), reason="needs gcc and ld")
 SHN_LIVEPATCH = 0xFF20

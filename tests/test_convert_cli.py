@@ -13,7 +13,7 @@ import pytest
 from elfbuild import KALLSYMS_EXCERPT, compile_module, have_gcc, write_symvers
 
 from harness import errors
-from harness.cli import main
+from harness.cli.main import main
 
 pytestmark = pytest.mark.skipif(not have_gcc(), reason="needs gcc and ld")
 
@@ -240,7 +240,7 @@ def test_subprocess_one_line(work: Path) -> None:
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "harness.cli.main",
             "convert",
             str(work / "text.o"),
             "-o",

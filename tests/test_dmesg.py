@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import dmesg
+from harness.vm import dmesg
 
 DATA = Path(__file__).parent / "data" / "consoles"
 

@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.expect import all_samples
-from harness.guest import Guest
-from harness.kernel import Kernel
-from harness.results import GOOD, PASS, ModuleResult
-from harness.symbols import SymbolTable
+from harness.kernels.kernel import Kernel
+from harness.klp.symbols import SymbolTable
+from harness.suite.results import GOOD, PASS, ModuleResult
+from harness.suite.samples import all_samples
+from harness.vm.guest import Guest
 
 pytestmark = pytest.mark.vm
 

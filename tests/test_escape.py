@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from elfbuild import KALLSYMS_EXCERPT, compile_module, have_gcc, write_symvers
 
-from harness.cli import main
+from harness.cli.main import main
 from harness.errors import RelocationTypeError, SymbolNotFoundError
-from harness.inspect_klp import format_table, verdicts
-from harness.symbols import SymbolTable
+from harness.klp.inspect import format_table, verdicts
+from harness.klp.symbols import SymbolTable
 
 # Clears the line, returns to its start and prints a verdict of its own.
 PAYLOAD = "\x1b[2K\rklp-harness: all good\n"
@@ -129,7 +129,7 @@ def test_symbol_table_text_is_escaped() -> None:
 
 
 def test_inspect_table_is_escaped() -> None:
-    from harness.inspect_klp import KlpReloc
+    from harness.klp.inspect import KlpReloc
 
     name = f".klp.sym.vmlinux.{PAYLOAD},0"
     rel = KlpReloc(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ExpectationError
-from harness.expect import all_samples, find_sample, load_sample
-from harness.kernel import Kernel
+from harness.kernels.kernel import Kernel
+from harness.suite.samples import all_samples, find_sample, load_sample
 
 
 def fake_kernel(tmp_path: Path, release: str, config: str) -> Kernel:

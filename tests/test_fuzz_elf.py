@@ -16,11 +16,11 @@ from elfbuild import KALLSYMS_EXCERPT, compile_module, have_gcc, write_symvers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.cli import INTERNAL_ERROR, main
-from harness.convert import convert_module, undefined_symbols
+from harness.cli.main import INTERNAL_ERROR, main
 from harness.errors import HarnessError
-from harness.inspect_klp import inspect_module, verdicts
-from harness.symbols import SymbolTable
+from harness.klp.convert import convert_module, undefined_symbols
+from harness.klp.inspect import inspect_module, verdicts
+from harness.klp.symbols import SymbolTable
 
 pytestmark = pytest.mark.skipif(not have_gcc(), reason="needs gcc and ld")
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from harness.expect import find_sample
-from harness.kernel import Kernel
-from harness.results import FAIL, NOT_RUN, PASS, ModuleResult, RunResults
-from harness.runner import run
+from harness.kernels.kernel import Kernel
+from harness.suite.results import FAIL, NOT_RUN, PASS, ModuleResult, RunResults
+from harness.suite.runner import run
+from harness.suite.samples import find_sample
 
 pytestmark = pytest.mark.vm
 

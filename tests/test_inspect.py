@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from elfbuild import KALLSYMS_EXCERPT
 
-from harness.inspect_klp import KlpReloc, verdicts
-from harness.klpelf import parse_klp_symbol
-from harness.symbols import SymbolTable
+from harness.klp.abi import parse_klp_symbol
+from harness.klp.inspect import KlpReloc, verdicts
+from harness.klp.symbols import SymbolTable
 
 
 def rel(

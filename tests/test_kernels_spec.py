@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.acquire import acquire
 from harness.errors import ExpectationError, KernelError
-from harness.kernels import (
+from harness.kernels.acquire import acquire
+from harness.kernels.spec import (
     check_spec,
     default_spec,
     load_declared,

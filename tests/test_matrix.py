@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.expect import all_samples
-from harness.kernels import DEFAULT_DIR, load_matrix
-from harness.results import format_table
-from harness.runner import default_jobs, run
+from harness.kernels.spec import DEFAULT_DIR, load_matrix
+from harness.suite.results import format_table
+from harness.suite.runner import default_jobs, run
+from harness.suite.samples import all_samples
 
 pytestmark = pytest.mark.matrix
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel
-from harness.kernel import Kernel
+from harness.kernels.kernel import Kernel
+from harness.vm import accel
 
 VENV_BIN = os.path.dirname(sys.executable)
 
@@ -99,7 +99,7 @@ def _kill_and_check(child: subprocess.Popen[str], tree: dict[int, str], within: 
 
 def test_die_with_parent_kills_a_child_of_a_killed_harness() -> None:
     code = (
-        "import subprocess, time; from harness.accel import die_with_parent;"
+        "import subprocess, time; from harness.vm.accel import die_with_parent;"
         "subprocess.Popen(['sleep', '600'], start_new_session=True, "
         "preexec_fn=die_with_parent()); time.sleep(600)"
     )
@@ -117,12 +117,12 @@ def test_probe_qemu_dies_with_the_harness(klp_kernel: Kernel, tmp_path: Path, mo
             pytest.skip(f"the KVM probe starts no qemu here: {why}")
         # choose_accel itself, with an empty cache so that it really probes.
         code = (
-            "import sys; from pathlib import Path; from harness.accel import choose_accel;"
+            "import sys; from pathlib import Path; from harness.vm.accel import choose_accel;"
             "choose_accel(Path(sys.argv[1]))"
         )
     else:  # the same probe under TCG: runs on any host with qemu
         code = (
-            "import sys; from harness.accel import _probe_kvm;"
+            "import sys; from harness.vm.accel import _probe_kvm;"
             "_probe_kvm(sys.argv[1], 300, accel='tcg')"
         )
     env = {**os.environ, "KLP_HARNESS_CACHE": str(tmp_path / "cache")}
@@ -139,8 +139,8 @@ def test_probe_qemu_dies_with_the_harness(klp_kernel: Kernel, tmp_path: Path, mo
 BOOT = """
 import sys
 from pathlib import Path
-from harness.acquire import acquire
-from harness.boot import boot
+from harness.kernels.acquire import acquire
+from harness.vm.boot import boot
 
 guest = boot(acquire(sys.argv[1], quiet=True), Path(sys.argv[2]))
 print("READY", guest.run("uname -r").output.strip(), flush=True)

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from harness.build import BuiltModule
-from harness.inspect_klp import inspect_module, verdicts
-from harness.kernel import Kernel
-from harness.symbols import SymbolTable
+from harness.build.modules import BuiltModule
+from harness.kernels.kernel import Kernel
+from harness.klp.inspect import inspect_module, verdicts
+from harness.klp.symbols import SymbolTable
 
 SHN_LIVEPATCH = 0xFF20
 SHF_RELA_LIVEPATCH = 0x00100000

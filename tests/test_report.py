@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.report import (
+from harness.cli.main import main
+from harness.report.model import (
     FIXED,
     NEVER_PASSED,
     NEW,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from harness.render import junit, markdown, render
-from harness.report import Report, build
+from harness.report.model import Report, build
+from harness.report.render import junit, markdown, render
 
 DATA = Path(__file__).parent / "data" / "results"
 BOOKWORM, REGRESSED, MULTI = DATA / "bookworm", DATA / "bookworm-regressed", DATA / "multi"

@@ -11,9 +11,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from harness.cli import main
-from harness.report import SCHEMA_FILE, validation_errors
-from harness.results import SCHEMA, KernelResult, ModuleResult, RunResults
+from harness.cli.main import main
+from harness.report.model import SCHEMA_FILE, validation_errors
+from harness.suite.results import SCHEMA, KernelResult, ModuleResult, RunResults
 
 DATA = Path(__file__).parent / "data" / "results"
 FIXTURES = sorted(DATA.glob("*/results.json"))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 from harness.fileio import exclusive_dir, exclusive_file
-from harness.results import FAIL, KernelResult, ModuleResult, RunResults, format_table
-from harness.runner import _Claims
+from harness.suite.results import FAIL, KernelResult, ModuleResult, RunResults, format_table
+from harness.suite.runner import _Claims
 
 
 def test_run_dirs_started_in_the_same_second_never_collide(tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import KernelError
-from harness.kernel import read_config
-from harness.kernels import load_declared, parse_spec
-from harness.source import (
+from harness.kernels.kernel import read_config
+from harness.kernels.source import (
     CONFIGS_DIR,
     evaluate,
     explain_lost,
@@ -19,6 +18,7 @@ from harness.source import (
     lost_options,
     requested,
 )
+from harness.kernels.spec import load_declared, parse_spec
 
 
 @pytest.mark.parametrize(
@@ -133,14 +133,14 @@ def test_explain_lost_names_unmet_dependency(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def source_61() -> Path:
-    from harness.source import fetch_source
+    from harness.kernels.source import fetch_source
 
     return fetch_source("6.1").path
 
 
 @pytest.mark.source_kernel
 def test_real_kconfig_names_unmet_dependency(source_61: Path, tmp_path: Path) -> None:
-    from harness.source import configure
+    from harness.kernels.source import configure
 
     frag = tmp_path / "broken.config"
     # LIVEPATCH without KALLSYMS_ALL (what a naive no-kallsyms-all would ask for), and
@@ -168,8 +168,8 @@ def test_real_kconfig_names_unmet_dependency(source_61: Path, tmp_path: Path) ->
 def test_build_and_boot_livepatch(tmp_path: Path) -> None:
     """source:6.1:livepatch builds (or comes from the cache), boots, and its offline symbol
     table is the guest's /proc/kallsyms (same names and order, one KASLR shift)."""
-    from harness.acquire import acquire
-    from harness.boot import boot
+    from harness.kernels.acquire import acquire
+    from harness.vm.boot import boot
 
     kernel = acquire("source:6.1:livepatch")
     assert kernel.name == "source-6.1-livepatch" and kernel.release.endswith("-klp-livepatch")
@@ -196,11 +196,11 @@ def test_build_and_boot_livepatch(tmp_path: Path) -> None:
 def test_sig_force_refuses_unsigned_loads_signed(tmp_path: Path) -> None:
     """source:6.1:sig-force: the built (converted, signed) module loads; the same module
     unsigned (kbuild's raw .ko is not signed: no MODULE_SIG_ALL for M= builds) is refused."""
-    from harness.acquire import acquire
-    from harness.boot import boot
-    from harness.build import build_module, builds_dir
-    from harness.expect import load_sample
-    from harness.sign import is_signed, strip_signature
+    from harness.build.modules import build_module, builds_dir
+    from harness.build.sign import is_signed, strip_signature
+    from harness.kernels.acquire import acquire
+    from harness.suite.samples import load_sample
+    from harness.vm.boot import boot
 
     kernel = acquire("source:6.1:sig-force")
     assert kernel.config_value("MODULE_SIG_FORCE") == "y"
@@ -219,7 +219,7 @@ def test_sig_force_refuses_unsigned_loads_signed(tmp_path: Path) -> None:
 
 
 def test_failed_build_reports_last_error_lines(tmp_path: Path) -> None:
-    from harness.source import error_tail, run_logged
+    from harness.kernels.source import error_tail, run_logged
 
     log = tmp_path / "build.log"
     log.write_text("  CC      a.o\n")
@@ -236,7 +236,7 @@ def test_failed_build_reports_last_error_lines(tmp_path: Path) -> None:
 
 
 def test_check_system_map_counts_like_kinds(tmp_path: Path) -> None:
-    from harness.kbuild import check_system_map
+    from harness.kernels.source_build import check_system_map
 
     table = tmp_path / "kallsyms"
     table.write_text(

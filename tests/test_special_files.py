@@ -33,7 +33,7 @@ def _limit() -> None:
 def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "KLP_HARNESS_DEBUG"}
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *map(str, args)],
+        [sys.executable, "-m", "harness.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -194,7 +194,7 @@ def test_fifo_as_module_is_not_opened(work: Path, tmp_path: Path) -> None:
 
 
 def test_oversized_symbol_table(tmp_path: Path) -> None:
-    from harness.symbols import SYMBOL_FILE_LIMIT
+    from harness.klp.symbols import SYMBOL_FILE_LIMIT
 
     big = tmp_path / "System.map"
     with open(big, "wb") as handle:
@@ -217,7 +217,7 @@ def test_empty_symvers_is_refused(work: Path, tmp_path: Path) -> None:
 
 def test_kallsyms_from_procfs() -> None:
     """/proc/kallsyms reads as a regular file of size 0: it must be read to its end."""
-    from harness.symbols import SymbolTable
+    from harness.klp.symbols import SymbolTable
 
     try:
         table = SymbolTable.load(Path("/proc/kallsyms"))

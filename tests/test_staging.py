@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from harness.apt import DOWNLOAD_DIR
 from harness.cache import locked, staged_dir, sweep_owned, sweep_staging
-from harness.cli import main
+from harness.cli.main import main
+from harness.kernels.apt import DOWNLOAD_DIR
 
 STAGER = textwrap.dedent(
     """

@@ -8,7 +8,7 @@ import pytest
 from elfbuild import KALLSYMS_EXCERPT
 
 from harness.errors import FileReadError, SymbolFileError
-from harness.symbols import SymbolTable, load_symvers, resolve
+from harness.klp.symbols import SymbolTable, load_symvers, resolve
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import buildroot, toolchain
-from harness.apt import debian_mirror
+from harness.build import buildroot, toolchain
+from harness.build.toolchain import CompilerVersion, parse_cc_version_text, suite_for
 from harness.errors import ToolchainError
-from harness.kernel import Kernel
-from harness.toolchain import CompilerVersion, parse_cc_version_text, suite_for
+from harness.kernels.apt import debian_mirror
+from harness.kernels.kernel import Kernel
 
 # CONFIG_CC_VERSION_TEXT of real Debian kernels (from their headers packages' .config).
 BULLSEYE_5_10 = "gcc-10 (Debian 10.2.1-6) 10.2.1 20210110"  # 5.10.0-32-amd64
@@ -192,7 +192,7 @@ def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 # Headers of the newest 7.x kernel in trixie-backports, fetched with a private apt root.
-# (harness/apt.py will do this for real; this keeps the test independent of it.)
+# (harness/kernels/apt.py will do this for real; this keeps the test independent of it.)
 def _fetch_7x_headers(work: Path) -> Path:
     apt = work / "apt"
     for d in (

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.kernels import load_declared, parse_spec
+from harness.kernels.spec import load_declared, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / ".github" / "workflows" / "klp-matrix.yml"

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from harness.boot import boot
 from harness.errors import BootError
-from harness.kernel import Kernel
+from harness.kernels.kernel import Kernel
+from harness.vm.boot import boot
 
 
 def kernel_at(root: Path) -> Kernel:

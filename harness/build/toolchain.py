@@ -1,0 +1,186 @@
+"""Pick the compiler a kernel's modules must be built with: the host's, or a Debian build root.
+
+The kernel records its compiler in `CONFIG_CC_VERSION_TEXT`. Module builds need the same
+gcc major (newer kernels pass flags older gcc rejects, e.g. gcc-12 and
+`-fmin-function-alignment=16` for the gcc-14-built 7.x kernels).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.build import buildroot
+from harness.build.buildroot import GCC_SUITES, ensure_buildroot
+from harness.cache import cache_root
+from harness.errors import ToolchainError
+from harness.kernels.kernel import Kernel
+
+__all__ = [
+    "GCC_SUITES",
+    "CompilerVersion",
+    "Toolchain",
+    "ensure_buildroot",
+    "parse_cc_version_text",
+    "select",
+    "suite_for",
+]
+
+
+@dataclass(frozen=True)
+class CompilerVersion:
+    text: str  # the whole first line, e.g. "gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"
+    command: str  # the command the kernel was built with, e.g. "x86_64-linux-gnu-gcc-14"
+    family: Literal["gcc", "clang"]
+    version: tuple[int, ...]
+
+    @property
+    def major(self) -> int:
+        return self.version[0]
+
+
+# "<command> (<package info>) <version> [date]", as `gcc --version` prints its first line.
+_GCC_TEXT = re.compile(r"^(?P<cmd>\S+) \((?P<info>[^)]*)\) (?P<ver>\d+(?:\.\d+)*)")
+_CLANG_TEXT = re.compile(r"\bclang version (?P<ver>\d+(?:\.\d+)*)")
+_GCC_COMMAND = re.compile(r"(?:^|[-/])(?:gcc|cc)(?:-\d+)?$")
+
+
+def parse_cc_version_text(text: str) -> CompilerVersion:
+    """Parse `CONFIG_CC_VERSION_TEXT` (or the first line of `<cc> --version`)."""
+    line = text.strip().strip('"').splitlines()[0].strip() if text.strip() else ""
+    if m := _CLANG_TEXT.search(line):
+        version = tuple(int(x) for x in m.group("ver").split("."))
+        return CompilerVersion(line, "clang", "clang", version)
+    m = _GCC_TEXT.match(line)
+    if not m or not _GCC_COMMAND.search(m.group("cmd")):
+        raise ToolchainError(f"cannot read a gcc version from compiler text {line!r}")
+    version = tuple(int(x) for x in m.group("ver").split("."))
+    return CompilerVersion(line, m.group("cmd"), "gcc", version)
+
+
+def suite_for(kernel_cc: CompilerVersion, host_cc: CompilerVersion | None) -> str | None:
+    """None to build on the host, else the Debian suite whose root ships the kernel's gcc."""
+    if kernel_cc.family != "gcc":
+        raise ToolchainError(
+            f"kernel built with {kernel_cc.text!r}: only gcc-built kernels are supported"
+        )
+    if host_cc is not None and host_cc.family == "gcc" and host_cc.major == kernel_cc.major:
+        return None
+    suite = GCC_SUITES.get(kernel_cc.major)
+    if suite is None:
+        known = ", ".join(f"gcc-{k} -> {v}" for k, v in sorted(GCC_SUITES.items()))
+        raise ToolchainError(
+            f"kernel built with {kernel_cc.text!r}: no Debian suite known to ship "
+            f"gcc-{kernel_cc.major} (known: {known})"
+        )
+    return suite
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    kind: Literal["host", "buildroot"]
+    description: str  # "host gcc-12 (Debian 12.2.0-14) 12.2.0", "buildroot trixie gcc-14 (...)"
+    cc: str  # compiler command, valid where the command runs (host or root)
+    root: Path | None
+    gcc_major: int
+
+    def command(self, argv: Sequence[str], *, binds: Sequence[Path] = ()) -> list[str]:
+        """`argv` ready for subprocess: as is on the host, or wrapped to run inside the root
+        with `binds` (headers tree, module dir) at the same absolute paths."""
+        if self.kind == "host" or self.root is None:
+            return list(argv)
+        return buildroot.wrap(self.root, argv, binds)
+
+    def make_args(self) -> list[str]:
+        """Variables for `make -C <headers> M=<dir>`: the compiler command, explicitly,
+        in case the headers' own default (Debian's .kernelvariables) names another."""
+        return [f"CC={self.cc}"]
+
+
+def _version_line(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+def _candidates(kernel_cc: CompilerVersion) -> list[str]:
+    # The kernel's own command first (Debian's headers use it), then plain names.
+    names = [kernel_cc.command, f"gcc-{kernel_cc.major}", "gcc"]
+    return list(dict.fromkeys(Path(n).name for n in names))
+
+
+def host_compiler(kernel_cc: CompilerVersion) -> tuple[str, CompilerVersion] | None:
+    """The host compiler to compare: the first candidate on PATH, with its version."""
+    for name in _candidates(kernel_cc):
+        if shutil.which(name) is None:
+            continue
+        line = _version_line([name, "--version"])
+        if line is None:
+            continue
+        try:
+            version = parse_cc_version_text(line)
+        except ToolchainError:
+            continue
+        if version.major == kernel_cc.major or name == "gcc":
+            return name, version
+    return None
+
+
+def kernel_compiler(kernel: Kernel) -> CompilerVersion:
+    text = kernel.config_value("CC_VERSION_TEXT")
+    if text == "n" or not text:
+        raise ToolchainError(f"{kernel.name}: {kernel.config} has no CONFIG_CC_VERSION_TEXT")
+    return parse_cc_version_text(text)
+
+
+def _root_toolchain(suite: str, kernel_cc: CompilerVersion) -> Toolchain:
+    root = ensure_buildroot(suite)
+    for name in _candidates(kernel_cc):
+        if not (root / "usr/bin" / name).exists():
+            continue
+        probe = Toolchain("buildroot", "", name, root, kernel_cc.major)
+        line = _version_line(probe.command([name, "--version"]))
+        if line is None:
+            raise ToolchainError(f"{root}: cannot run {name} --version inside the build root")
+        found = parse_cc_version_text(line)
+        if found.major != kernel_cc.major:
+            continue
+        return Toolchain("buildroot", f"buildroot {suite} {line}", name, root, found.major)
+    raise ToolchainError(f"{root}: no gcc-{kernel_cc.major} in the {suite} build root")
+
+
+# Per compiler text, so repeated calls (every build step asks) spawn no compiler again.
+_SELECTED: dict[tuple[str, Path], Toolchain] = {}
+
+
+def select(kernel: Kernel) -> Toolchain:
+    """The toolchain that builds modules for `kernel`: host gcc of the same major, else
+    a cached Debian build root whose suite ships that gcc (created on first use)."""
+    kernel_cc = kernel_compiler(kernel)
+    key = (kernel_cc.text, cache_root())  # the root's place follows the cache dir
+    known = _SELECTED.get(key)
+    if known is not None and (known.root is None or (known.root / buildroot.MARKER).exists()):
+        return known
+    chosen = _select(kernel_cc)
+    _SELECTED[key] = chosen
+    return chosen
+
+
+def _select(kernel_cc: CompilerVersion) -> Toolchain:
+    host = host_compiler(kernel_cc)
+    suite = suite_for(kernel_cc, host[1] if host else None)
+    if suite is None and host is not None:
+        name, version = host
+        return Toolchain("host", f"host {version.text}", name, None, version.major)
+    assert suite is not None
+    return _root_toolchain(suite, kernel_cc)

@@ -1,0 +1,84 @@
+"""`klp-harness run`: kernels x modules, a table on stdout, results as JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+from harness.suite.results import format_table
+from harness.suite.samples import all_samples, find_sample
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="build, convert and load sample modules on real kernels",
+        description="Fetch each kernel, build and convert each module against it, boot the "
+        "kernel once under QEMU (virtme-ng) and load every module, checking dmesg and "
+        "/proc/kallsyms. Exit 0 only when every outcome is as expected.",
+    )
+    parser.add_argument(
+        "--kernel",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="kernel spec, repeatable (default: the default kernel in kernels/)",
+    )
+    parser.add_argument(
+        "--matrix",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="run every kernel a kernels/*.toml file (or directory) declares, e.g. "
+        "kernels/debian.toml; repeatable, adds to --kernel",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="kernels run at once (default: one per CPU core, as a TCG guest keeps one busy)",
+    )
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="NAME|PATH",
+        help="a sample in modules/ or your module directory (Kbuild + expect.toml); "
+        "repeatable (default: every sample)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results"),
+        metavar="DIR",
+        help="where results JSON and console logs go (default: ./results)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.kernels.spec import check_spec, default_spec, load_matrix
+    from harness.suite.runner import default_jobs
+    from harness.suite.runner import run as run_all
+
+    samples = [find_sample(m) for m in args.module] if args.module else all_samples()
+    if not samples:
+        raise UsageError("no modules to run: modules/ is empty and no --module was given")
+    specs = list(args.kernel)
+    for matrix in args.matrix:
+        specs += [d.spec for d in load_matrix(matrix)]
+    specs = list(dict.fromkeys(specs)) or [default_spec()]
+    for spec in specs:
+        check_spec(spec)  # a bad spec is refused (exit 20) before any result is written
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs takes a number >= 1")
+    jobs = min(len(specs), args.jobs or default_jobs())
+    results = run_all(specs, samples, args.results, jobs=jobs)
+    print(format_table(results))
+    print(f"\nresults: {results.path}")
+    return 0 if results.ok else 1

@@ -1,0 +1,283 @@
+"""Kernel acquisition: a spec in, a ready `Kernel` out (packages fetched with apt through a
+private root, extracted into the cache, headers made buildable, symbol table recovered)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.cache import (
+    atomic_write_text,
+    cache_dir,
+    locked,
+    remove_tree,
+    staged_dir,
+    sweep_staging,
+)
+from harness.errors import KernelError
+from harness.kernels import kallsyms
+from harness.kernels.apt import AptRoot, pdeathsig
+from harness.kernels.kernel import Kernel
+from harness.kernels.local import local_kernel, local_store
+from harness.kernels.resolve import Pkg as Pkg
+from harness.kernels.resolve import Resolution as Resolution
+from harness.kernels.resolve import _apt_root as _apt_root
+from harness.kernels.resolve import _load_resolution, _resolution_file, _resolve_fresh
+from harness.kernels.resolve import apt_root as apt_root
+from harness.kernels.resolve import resolve as resolve
+from harness.kernels.source_build import cached_source_kernel, source_kernel
+from harness.kernels.spec import Spec, parse_spec, resolve_name
+from harness.kernels.verify import (
+    MARKER,
+    DamagedEntry,
+    deb_problem,
+    debian_entry,
+    debian_rels,
+    digest,
+    record,
+    vmlinuz_problem,
+)
+
+RESOLUTION_MAX_AGE = MAX_AGE = 24 * 3600
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"klp-harness: {msg}", file=sys.stderr, flush=True)
+
+
+def _warn(msg: str) -> None:
+    """A repair of the cache: said even under --quiet."""
+    print(f"klp-harness: {msg}", file=sys.stderr, flush=True)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+# -- extraction into the cache ----------------------------------------------------------------
+
+
+def _paths(root: Path, abi: str) -> dict[str, Path]:
+    """Where the files are: /boot and /lib/modules up to 6.12, /usr/lib/modules/<abi> from 7.x."""
+    split = root / "usr/lib/modules" / abi
+    if (split / "vmlinuz").is_file():
+        return {"vmlinuz": split / "vmlinuz", "config": split / "config", "modules_dir": split}
+    modules = root / "lib/modules" / abi
+    if not modules.is_dir():
+        modules = split
+    return {
+        "vmlinuz": root / "boot" / f"vmlinuz-{abi}",
+        "config": root / "boot" / f"config-{abi}",
+        "modules_dir": modules,
+    }
+
+
+def _fix_headers(tree: Path, final_root: Path) -> None:
+    """Point the arch Makefile's absolute /usr/src/... paths (include, KBUILD_OUTPUT) at the
+    cache; `scripts`/`tools` are relative links that already resolve inside the root."""
+    makefile = tree / "Makefile"
+    if not makefile.is_file():
+        raise KernelError(f"{tree}: headers package has no Makefile")
+    text = makefile.read_text()
+    fixed = re.sub(r"(?<![\w/])/usr/src/", f"{final_root}/usr/src/", text)
+    atomic_write_text(makefile, fixed)
+    if not (tree / "scripts").resolve().is_dir():
+        raise KernelError(f"{tree}/scripts does not resolve: linux-kbuild package missing?")
+
+
+def _extract(deb: Path, root: Path, quiet: bool) -> None:
+    _say(f"extracting {deb.name}", quiet)
+    proc = subprocess.run(
+        [*pdeathsig(), "dpkg-deb", "-x", str(deb), str(root)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise KernelError(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()[-300:]}")
+
+
+def _fetch_debs(apt: AptRoot | None, res: Resolution, quiet: bool) -> Path:
+    """Every .deb of `res` in the cache and as apt recorded it (Size, SHA256): a damaged one
+    is fetched again, saying so."""
+    debs = cache_dir("debs")
+    missing = []
+    for p in res.packages:
+        path = debs / p.deb
+        if path.is_file():
+            if not (problem := deb_problem(path, p.size, p.sha256)):
+                continue
+            _warn(f"{p.deb}: cached file damaged ({problem}), fetching again")
+            path.unlink()
+        missing.append(p)
+    if not missing:
+        return debs
+    apt = apt or _apt_root()
+    total = sum(p.size for p in missing)
+    _say(f"downloading {len(missing)} packages ({_mib(total)})", quiet)
+    if not sys.stderr.isatty():
+        for p in missing:
+            _say(f"  {p.name} {p.version} ({_mib(p.size)})", quiet)
+    with locked(apt.root / "lists"):  # apt-get reads the lists an update rewrites
+        apt.download([(p.name, p.version) for p in missing], debs, quiet)
+    for p in missing:
+        path = debs / p.deb
+        if not path.is_file():
+            raise KernelError(f"download failed: apt-get did not produce {p.deb}")
+        if problem := deb_problem(path, p.size, p.sha256):
+            path.unlink()
+            raise KernelError(f"download of {p.deb} is damaged ({problem})")
+    return debs
+
+
+_said: set[Path] = set()  # damaged entries already reported by this process
+
+
+def _sound(entry: Path) -> dict[str, Any] | None:
+    """The kernel.json of an installed entry that matches its manifest; a damaged one is
+    said so (once) and is then installed again."""
+    try:
+        return debian_entry(entry)
+    except DamagedEntry as err:
+        if entry not in _said:
+            _warn(f"{entry}: cached kernel damaged ({err}), installing it again")
+            _said.add(entry)
+        return None
+
+
+def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> Kernel:
+    entry = res.entry
+    with locked(entry):
+        if meta := _sound(entry):  # installed, or a concurrent run just repaired it
+            return _kernel(spec, entry, meta)
+        for path, size in sweep_staging(entry):
+            _warn(f"removed {path}, left by an interrupted run ({_mib(size)})")
+        debs = _fetch_debs(apt, res, quiet)
+        with staged_dir(entry) as tmp:
+            root = tmp / "root"
+            root.mkdir()
+            for p in res.packages:
+                _extract(debs / p.deb, root, quiet)
+            paths = _paths(root, res.abi)
+            if not paths["vmlinuz"].is_file():
+                names = ", ".join(p.name for p in res.packages)
+                raise KernelError(f"{spec.text}: no vmlinuz for {res.abi} in {names}")
+            if problem := vmlinuz_problem(paths["vmlinuz"]):
+                raise KernelError(f"{spec.text}: {problem}")
+            headers = root / "usr/src" / f"linux-headers-{res.abi}"
+            _fix_headers(headers, entry / "root")
+            _say(f"recovering the symbol table from {paths['vmlinuz'].name}", quiet)
+            rec = kallsyms.recover(paths["vmlinuz"], tmp / "kallsyms")
+            _say(f"{rec.count} symbols in {rec.seconds:.1f} s", quiet)
+            info: dict[str, Any] = {
+                "abi": res.abi,
+                "version": res.version,
+                "packages": [f"{p.name}={p.version}" for p in res.packages],
+                **{k: str(v.relative_to(tmp)) for k, v in paths.items()},
+                "headers": str(headers.relative_to(tmp)),
+                "symbols": rec.count,
+                "symbols_seconds": round(rec.seconds, 2),
+                "debs": {p.deb: list(digest(debs / p.deb)) for p in res.packages},
+            }
+            info["files"] = record(tmp, debian_rels(tmp, info))
+            atomic_write_text(tmp / "kernel.json", json.dumps(info, indent=1))
+            (tmp / MARKER).touch()
+    installed = debian_entry(entry)
+    if installed is None:
+        raise KernelError(f"{entry}: not installed after installing it")
+    return _kernel(spec, entry, installed)
+
+
+def _kernel(spec: Spec, entry: Path, meta: dict[str, Any]) -> Kernel:
+    headers = entry / meta["headers"]
+    return Kernel(
+        spec=spec.text,
+        name=f"debian-{meta['abi']}",
+        release=meta["abi"],
+        package_version=meta["version"],
+        vmlinuz=entry / meta["vmlinuz"],
+        modules_dir=entry / meta["modules_dir"],
+        config=entry / meta["config"],
+        headers=headers,
+        symvers=headers / "Module.symvers",
+        kallsyms=entry / "kallsyms",
+        packages=tuple(meta["packages"]),
+    )
+
+
+def cached(spec: str) -> Kernel | None:
+    """The kernel from the cache only (whatever the resolution's age); never calls apt.
+    A damaged entry is a KernelError saying how to repair it."""
+    parsed = parse_spec(resolve_name(spec))
+    if parsed.kind == "local":
+        return local_kernel(parsed, quiet=True)
+    if parsed.kind == "source":
+        return cached_source_kernel(parsed)
+    res = _load_resolution(parsed)
+    if res is None:
+        return None
+    try:
+        meta = debian_entry(res.entry)
+    except DamagedEntry as err:
+        raise KernelError(
+            f"{parsed.text}: cached kernel {res.entry} damaged ({err}); "
+            f"`klp-harness kernels fetch {parsed.text}` installs it again"
+        ) from None
+    return _kernel(parsed, res.entry, meta) if meta else None
+
+
+def acquire(spec: str, *, quiet: bool = False, refresh: bool = False) -> Kernel:
+    """Fetch (or find in the cache) the kernel `spec` names; see kernels/README.md.
+    `refresh` drops what the cache holds for it first (entry and resolution)."""
+    parsed = parse_spec(resolve_name(spec))
+    if parsed.kind == "source":
+        if refresh:
+            _drop_source(parsed)
+        return source_kernel(parsed, quiet=quiet)
+    if parsed.kind == "local":
+        if refresh:
+            store = local_store(parsed)
+            with locked(store / "kallsyms"):
+                remove_tree(store)
+        return local_kernel(parsed, quiet)
+    res = _load_resolution(parsed)
+    if refresh:
+        _resolution_file(parsed).unlink(missing_ok=True)
+        if res is not None:
+            _drop(res.entry)
+        res = None
+    if res is not None and (parsed.kind == "debian-abi" or time.time() - res.time < MAX_AGE):
+        meta = _sound(res.entry)
+        if meta is not None:
+            return _kernel(parsed, res.entry, meta)  # warm: no apt at all
+    apt, res = _resolve_fresh(parsed, quiet)
+    if refresh:
+        _drop(res.entry)
+    return _install(apt, res, parsed, quiet)
+
+
+def _drop(entry: Path) -> None:
+    if entry.exists():
+        with locked(entry):
+            remove_tree(entry)
+        _warn(f"dropped {entry}")
+
+
+def _drop_source(spec: Spec) -> None:
+    if spec.path is not None:
+        raise KernelError(
+            f"{spec.text}: --refresh takes debian:, local: and source:X.Y: specs; for a tree "
+            f"of your own remove its build in {cache_dir('source-builds')}"
+        )
+    try:
+        kernel = cached_source_kernel(spec)
+    except KernelError:  # damaged: source_kernel builds it again anyway
+        return
+    if kernel is not None:
+        _drop(kernel.kallsyms.parent)

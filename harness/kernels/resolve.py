@@ -1,0 +1,164 @@
+"""What a kernel spec names now: apt's dependency data, read through a private apt root, turned
+into the packages (name, version, Size, SHA256) of one kernel ABI, and kept in the cache."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.cache import atomic_write_text, cache_dir, locked
+from harness.errors import KernelError
+from harness.kernels.apt import AptRoot, find_mirrors, parse_depends, read_host_sources
+from harness.kernels.spec import _ABI, Spec, parse_spec
+
+_HEADERS_DEP = re.compile(r"^linux-(headers|kbuild)-")
+_SIGNED = re.compile(r"^linux-(image|binary)-.*(?<!-unsigned)$")
+
+
+@dataclass(frozen=True)
+class Pkg:
+    name: str
+    version: str
+    arch: str
+    size: int
+    sha256: str = ""  # as apt's Packages index records it
+
+    @property
+    def deb(self) -> str:
+        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    abi: str
+    version: str
+    packages: tuple[Pkg, ...]
+    time: float
+
+    @property
+    def entry(self) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9.+~_-]", "_", self.version)
+        return cache_dir("kernels") / f"debian-{self.abi}_{safe}"
+
+
+def _record(apt: AptRoot, ref: str, pins: dict[str, int] | None) -> dict[str, str] | None:
+    return apt.show(ref, pins)
+
+
+def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
+    pins = spec.suite_priorities() or None
+    if spec.kind == "debian-suite":
+        meta_name = f"linux-image-{spec.flavour}"
+        meta = _record(apt, meta_name, pins)
+        if meta is None:
+            raise KernelError(f"{spec.text}: no {meta_name} in {spec.suite}")
+        image_deps = [
+            d
+            for d in parse_depends(meta.get("Depends", ""))
+            if d.name.startswith("linux-image-") and _ABI.match(d.name[12:])
+        ]
+        if not image_deps:
+            raise KernelError(
+                f"{spec.text}: {meta_name} {meta.get('Version')} names no "
+                "linux-image-<abi> in its Depends"
+            )
+        abi, version = image_deps[0].name[12:], image_deps[0].version
+    else:
+        abi, version = spec.abi, ""
+    image_ref = f"linux-image-{abi}" + (f"={version}" if version else "")
+    image = _record(apt, image_ref, pins)
+    if image is None:
+        raise KernelError(
+            f"{spec.text}: no such ABI: package linux-image-{abi} is in no suite of the mirror"
+        )
+    version = image["Version"]
+    found: dict[str, Pkg] = {}
+
+    def add(name: str, want: str, follow: re.Pattern[str] | None) -> None:
+        if name in found or f"{name}-unsigned" in found:
+            return
+        rec = None
+        if _SIGNED.match(name):  # the -unsigned twin holds the same files, unsigned
+            rec = _record(apt, f"{name}-unsigned={want}", None)
+        rec = rec or _record(apt, f"{name}={want}", None) or _record(apt, name, pins)
+        if rec is None:
+            raise KernelError(
+                f"{spec.text}: package {name} (needed by linux-image-{abi}) not found on the mirror"
+            )
+        found[rec["Package"]] = Pkg(
+            rec["Package"],
+            rec["Version"],
+            rec.get("Architecture", "amd64"),
+            int(rec.get("Size", "0")) if rec.get("Size", "").isdigit() else 0,
+            rec.get("SHA256", ""),
+        )
+        for dep in parse_depends(rec.get("Depends", "")):
+            if abi in dep.name or (follow is not None and follow.match(dep.name)):
+                # `=` pins the exact build; otherwise the same source version when it exists
+                add(dep.name, dep.version if dep.op == "=" else version, follow)
+
+    add(f"linux-image-{abi}", version, None)
+    add(f"linux-headers-{abi}", version, _HEADERS_DEP)
+    return Resolution(abi, version, tuple(found.values()), time.time())
+
+
+def _resolution_file(spec: Spec) -> Path:
+    return cache_dir("resolved") / (re.sub(r"[^A-Za-z0-9.+~_-]", "_", spec.text) + ".json")
+
+
+def _load_resolution(spec: Spec) -> Resolution | None:
+    """The saved resolution; None when absent or not what `_save_resolution` writes."""
+    try:
+        data = json.loads(_resolution_file(spec).read_text())
+        pkgs = tuple(Pkg(**p) for p in data["packages"])
+        res = Resolution(data["abi"], data["version"], pkgs, float(data["time"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    texts = [res.abi, res.version, *(f for p in pkgs for f in (p.name, p.version, p.arch))]
+    if not all(isinstance(t, str) and t for t in texts) or not all(
+        isinstance(p.size, int) and isinstance(p.sha256, str) for p in pkgs
+    ):
+        return None
+    return res
+
+
+def _save_resolution(spec: Spec, res: Resolution) -> None:
+    atomic_write_text(_resolution_file(spec), json.dumps(asdict(res), indent=1))
+
+
+def _apt_root() -> AptRoot:
+    apt = AptRoot(cache_dir("apt"), find_mirrors(read_host_sources()))
+    with locked(apt.root / "lists"):
+        apt.setup()
+    return apt
+
+
+def apt_root() -> AptRoot:
+    """The private apt root, set up and with fresh lists (for look-ups beyond acquire)."""
+    apt = _apt_root()
+    with locked(apt.root / "lists"):
+        apt.ensure_fresh(quiet=True)
+    return apt
+
+
+def resolve(spec_text: str) -> Resolution:
+    """What a spec names now (ABI, version, packages), without downloading anything."""
+    return _resolve_fresh(parse_spec(spec_text), quiet=True)[1]
+
+
+def _resolve_fresh(spec: Spec, quiet: bool) -> tuple[AptRoot, Resolution]:
+    apt = _apt_root()
+    with locked(apt.root / "lists"):  # concurrent runs: one updates, the others wait
+        apt.ensure_fresh(quiet)
+        try:
+            res = _resolve(apt, spec)
+        except KernelError:
+            if apt.updated:
+                raise
+            apt.update(quiet)  # a stale list may lack what the mirror has now: retry once
+            res = _resolve(apt, spec)
+    _save_resolution(spec, res)
+    return apt, res

@@ -1,0 +1,256 @@
+"""Kernel specs (`debian:bookworm`, `debian:6.1.0-56-amd64`, `local:PATH`, ...) and the
+kernels declared as data in `kernels/*.toml` (format: kernels/README.md)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.errors import ExpectationError, KernelError
+from harness.paths import KERNELS_DIR
+
+# Debian releases with kernels, oldest first, and the extra suites each has on the mirrors
+# (bullseye-backports went to the archive host, so it is not offered).
+RELEASES: dict[str, tuple[str, ...]] = {
+    "bullseye": ("updates", "security"),
+    "bookworm": ("updates", "security", "backports"),
+    "trixie": ("updates", "security", "backports"),
+    "forky": ("security",),
+    "sid": (),
+}
+FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
+
+SpecKind = Literal["debian-suite", "debian-abi", "source", "local"]
+
+# An ABI is what `uname -r` says: 6.1.0-56-amd64, 6.12.115+deb13.1-cloud-amd64,
+# 6.1.0-0.deb11.48-amd64.
+_ABI = re.compile(r"^(\d+\.\d+[0-9A-Za-z.+~-]*?)-(cloud-amd64|rt-amd64|amd64)$")
+_SUITE = re.compile(r"^([a-z]+)(-backports)?(-cloud)?$")
+_SOURCE_VERSION = re.compile(r"^\d+\.\d+$")
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+DEFAULT_DIR = KERNELS_DIR
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed kernel spec; `text` is the normalised spelling (cache key, display)."""
+
+    kind: SpecKind
+    text: str
+    release: str = ""  # debian-suite: "bookworm"
+    backports: bool = False
+    flavour: str = "amd64"  # debian-*: "amd64" | "cloud-amd64" | "rt-amd64"
+    abi: str = ""  # debian-abi: "6.1.0-56-amd64"
+    path: Path | None = None  # local
+    ref: str = ""  # source: "6.1" (Debian's linux-source-6.1) or a tree's path
+    config: str = ""  # source: a fragment name in kernels/configs, e.g. "livepatch"
+
+    @property
+    def suite(self) -> str:
+        return f"{self.release}-backports" if self.backports else self.release
+
+    def suite_priorities(self) -> dict[str, int]:
+        """apt pin priorities that make apt's candidate the one this spec means.
+
+        A release means itself plus its -updates/-security; a backports suite wins over its
+        release (what `-t X-backports` does); every other suite is pinned away (-1).
+        """
+        if self.kind != "debian-suite":
+            return {}
+        pins = {self.release: 500}
+        for extra in RELEASES[self.release]:
+            if extra != "backports":
+                pins[f"{self.release}-{extra}"] = 500
+        if self.backports:
+            pins[f"{self.release}-backports"] = 990
+        return pins
+
+
+def all_suites() -> list[str]:
+    """Every suite the private apt root lists."""
+    return [s for r, extras in RELEASES.items() for s in (r, *(f"{r}-{e}" for e in extras))]
+
+
+def parse_spec(text: str) -> Spec:
+    """Parse a kernel spec; a KernelError names what is wrong with it."""
+    kind, sep, rest = text.strip().partition(":")
+    if not sep or not rest:
+        raise KernelError(
+            f"unknown kernel spec {text!r}: expected debian:SUITE, debian:ABI, "
+            "source:X.Y:CONFIG or local:PATH"
+        )
+    if kind == "local":
+        path = Path(rest).expanduser().absolute()
+        return Spec("local", f"local:{path}", path=path)
+    if kind == "source":
+        return _source_spec(text, rest)
+    if kind != "debian":
+        raise KernelError(f"unknown kernel spec kind {kind!r} in {text!r} (debian, source, local)")
+    if m := _ABI.match(rest):
+        return Spec("debian-abi", f"debian:{rest}", abi=rest, flavour=m.group(2))
+    m = _SUITE.match(rest)
+    if not m or m.group(1) not in RELEASES:
+        known = ", ".join(RELEASES)
+        raise KernelError(
+            f"unknown suite or ABI {rest!r} in {text!r} (releases: {known}; "
+            "add -backports and/or -cloud, or give an ABI such as 6.1.0-56-amd64)"
+        )
+    release, backports, cloud = m.group(1), bool(m.group(2)), bool(m.group(3))
+    if backports and "backports" not in RELEASES[release]:
+        raise KernelError(f"unknown suite {release}-backports in {text!r}: not on the mirror")
+    return Spec(
+        "debian-suite",
+        f"debian:{rest}",
+        release=release,
+        backports=backports,
+        flavour="cloud-amd64" if cloud else "amd64",
+    )
+
+
+def _source_spec(text: str, rest: str) -> Spec:
+    """`source:X.Y:CONFIG` (Debian's linux-source-X.Y) or `source:PATH:CONFIG` (a tree)."""
+    ref, sep, config = rest.rpartition(":")
+    if not sep or not ref or not _CONFIG_NAME.match(config):
+        raise KernelError(
+            f"bad source spec {text!r}: expected source:X.Y:CONFIG (e.g. source:6.1:livepatch) "
+            "or source:PATH:CONFIG, CONFIG a fragment name in kernels/configs"
+        )
+    if _SOURCE_VERSION.match(ref):
+        return Spec("source", f"source:{ref}:{config}", ref=ref, config=config)
+    if not ref.startswith(("/", ".", "~")):
+        raise KernelError(
+            f"bad source spec {text!r}: {ref!r} is neither a version X.Y nor a path "
+            "(start a relative path with ./)"
+        )
+    path = Path(ref).expanduser().absolute()
+    return Spec("source", f"source:{path}:{config}", ref=str(path), path=path, config=config)
+
+
+@dataclass(frozen=True)
+class KernelDecl:
+    """One `[[kernel]]` table of a kernels/*.toml file."""
+
+    name: str
+    spec: str
+    description: str = ""
+    default: bool = False
+    source: Path | None = None  # the file that declared it
+
+
+_KEYS = {"name", "spec", "description", "default"}
+
+
+def _decls_from(path: Path) -> list[KernelDecl]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ExpectationError(f"{path}: cannot read: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ExpectationError(f"{path}: invalid TOML: {err}") from None
+    extra = set(data) - {"kernel"}
+    if extra:
+        raise ExpectationError(f"{path}: unknown top-level keys {sorted(extra)} (only [[kernel]])")
+    tables = data.get("kernel", [])
+    if not isinstance(tables, list):
+        raise ExpectationError(f"{path}: 'kernel' must be an array of tables ([[kernel]])")
+    decls = []
+    for i, table in enumerate(tables):
+        where = f"{path}: kernel #{i + 1}"
+        if not isinstance(table, dict):
+            raise ExpectationError(f"{where}: not a table")
+        unknown = set(table) - _KEYS
+        if unknown:
+            raise ExpectationError(f"{where}: unknown keys {sorted(unknown)}")
+        name, spec = table.get("name"), table.get("spec")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ExpectationError(f"{where}: 'name' must be a short identifier string")
+        if not isinstance(spec, str):
+            raise ExpectationError(f"{where} ({name}): 'spec' must be a string")
+        try:
+            parse_spec(spec)
+        except KernelError as err:
+            raise ExpectationError(f"{where} ({name}): {err}") from None
+        desc, default = table.get("description", ""), table.get("default", False)
+        if not isinstance(desc, str) or not isinstance(default, bool):
+            raise ExpectationError(f"{where} ({name}): bad 'description' or 'default' type")
+        decls.append(KernelDecl(name, spec, desc, default, path))
+    return decls
+
+
+def load_matrix(path: Path) -> list[KernelDecl]:
+    """The kernels of one matrix: a kernels/*.toml file, or every file of a directory.
+    A matrix that declares no kernel is refused (it would silently run the default)."""
+    if path.is_dir():
+        decls = load_declared(path)
+        if not decls:
+            raise ExpectationError(f"{path}: no [[kernel]] declared in any *.toml file there")
+        return decls
+    if not path.is_file():
+        raise ExpectationError(f"{path}: no such matrix file")
+    decls = _decls_from(path)
+    if not decls:
+        raise ExpectationError(f"{path}: declares no [[kernel]]")
+    _check_unique(decls, path)
+    return decls
+
+
+def _check_unique(decls: list[KernelDecl], where: Path) -> None:
+    """Names unique, at most one default."""
+    seen: dict[str, Path | None] = {}
+    for decl in decls:
+        if decl.name in seen:
+            first = seen[decl.name]
+            again = "in the same file" if first == decl.source else f"in {first}"
+            raise ExpectationError(
+                f"{decl.source}: kernel name {decl.name!r} already declared {again}"
+            )
+        seen[decl.name] = decl.source
+    defaults = [d.name for d in decls if d.default]
+    if len(defaults) > 1:
+        raise ExpectationError(f"{where}: more than one default kernel ({', '.join(defaults)})")
+
+
+def load_declared(dir: Path | None = None) -> list[KernelDecl]:
+    """Every kernel declared in `dir` (default: the repository's kernels/), in file order."""
+    root = dir if dir is not None else DEFAULT_DIR
+    if not root.is_dir():
+        raise ExpectationError(f"{root}: kernel declaration directory not found")
+    decls = [decl for path in sorted(root.glob("*.toml")) for decl in _decls_from(path)]
+    _check_unique(decls, root)
+    return decls
+
+
+def default_spec(dir: Path | None = None) -> str:
+    """The spec of the kernel marked `default = true` in kernels/ ("debian:bookworm")."""
+    for decl in load_declared(dir):
+        if decl.default:
+            return decl.spec
+    raise ExpectationError(f"{dir or DEFAULT_DIR}: no kernel is marked default = true")
+
+
+def check_spec(name_or_spec: str, dir: Path | None = None) -> Spec:
+    """A spec (or declared name) checked without fetching anything: its syntax, the suite,
+    a source config's fragment, a local tree's directory; KernelError (exit 20) naming what
+    is wrong. Whether an ABI exists on the mirror is only known by resolving it."""
+    spec = parse_spec(resolve_name(name_or_spec, dir))
+    if spec.kind == "source":
+        from harness.kernels.source import fragment_paths  # the kernel-building layer, when needed
+
+        fragment_paths(spec.config)
+    if spec.path is not None and not spec.path.is_dir():
+        raise KernelError(f"{spec.text}: {spec.path} is not a directory")
+    return spec
+
+
+def resolve_name(name_or_spec: str, dir: Path | None = None) -> str:
+    """A declared kernel's name stands for its spec on the command line."""
+    if ":" in name_or_spec:
+        return name_or_spec
+    for decl in load_declared(dir):
+        if decl.name == name_or_spec:
+            return decl.spec
+    raise KernelError(f"{name_or_spec!r} is neither a kernel spec nor a declared kernel name")

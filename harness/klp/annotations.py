@@ -1,0 +1,91 @@
+"""In-source sympos annotations, compatible with the klp-convert patch series.
+
+`KLP_MODULE_RELOC(obj) name[] = { KLP_SYMPOS(sym, pos), ... };` puts packed
+`{void *sym; u32 sympos}` entries in a section `.klp.module_relocs.<obj>`; the
+pointer's R_X86_64_64 relocation names the symbol. The sections (and their
+relocation sections) are consumed: the converter removes them from its output.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import AmbiguousSymbolError, UnsupportedElfError
+from harness.fileio import printable
+from harness.klp.abi import ANNOTATION_ENTRY, ANNOTATION_PREFIX
+from harness.klp.elfread import SHT_NOBITS, SHT_RELA, ElfImage, cstring
+
+R_X86_64_64 = 1
+
+
+@dataclass(frozen=True)
+class Annotation:
+    obj: str
+    sympos: int
+    section: str
+
+
+def read_annotations(
+    img: ElfImage, syms: Any, strtab: bytes
+) -> tuple[dict[int, Annotation], set[int]]:
+    """({symbol index: annotation}, indexes of the sections to drop)."""
+    import numpy as np
+
+    found: dict[int, Annotation] = {}
+    dropped: set[int] = set()
+    for sec in img.sections:
+        if not sec.name.startswith(ANNOTATION_PREFIX):
+            continue
+        obj = sec.name[len(ANNOTATION_PREFIX) :]
+        dropped.add(sec.index)
+        data = img.section_bytes(sec.index) if sec.type != SHT_NOBITS else b""
+        for rel in img.sections:
+            if rel.type != SHT_RELA or rel.info != sec.index:
+                continue
+            dropped.add(rel.index)
+            arr = img.relas(rel.index)
+            for off, info in zip(arr["offset"].tolist(), arr["info"].tolist(), strict=True):
+                if (
+                    off % ANNOTATION_ENTRY
+                    or off + ANNOTATION_ENTRY > len(data)
+                    or (info & 0xFFFFFFFF) != R_X86_64_64
+                ):
+                    raise UnsupportedElfError(
+                        f"{img.label}: {sec.label}+{off:#x}: not a KLP_SYMPOS entry "
+                        "(packed {pointer, u32 sympos})"
+                    )
+                index = info >> 32
+                (pos,) = struct.unpack_from("<I", data, off + 8)
+                name = cstring(strtab, int(syms["name"][index]))
+                note = Annotation(obj, pos, sec.name)
+                old = found.get(index)
+                if old and (old.obj, old.sympos) != (obj, pos):
+                    raise AmbiguousSymbolError(
+                        f"{img.label}: '{printable(name)}' is annotated twice: "
+                        f"{printable(old.obj)} position {old.sympos} and {printable(obj)} "
+                        f"position {pos}"
+                    )
+                found[index] = note
+    if dropped:
+        # symbols defined in a dropped section disappear with it; nothing else may use them
+        gone = np.isin(syms["shndx"], list(dropped))
+        gone[0] = False
+        if gone.any():
+            used = set(np.flatnonzero(gone).tolist())
+            for rel in img.sections:
+                if (
+                    rel.type == SHT_RELA
+                    and rel.index not in dropped
+                    and (rel.link == img.symtab_index)
+                ):
+                    arr = img.relas(rel.index)
+                    refs = set((arr["info"] >> np.uint64(32)).tolist()) & used
+                    if refs:
+                        name = cstring(strtab, int(syms["name"][refs.pop()]))
+                        raise UnsupportedElfError(
+                            f"{img.label}: {rel.label} refers to '{printable(name)}' of an "
+                            "annotation section; annotation arrays must not be used by the module"
+                        )
+    return found, dropped

@@ -1,0 +1,310 @@
+"""Turn references to unexported kernel symbols into klp relocations.
+
+Converted symbols are renamed `.klp.sym.<obj>.<name>,<sympos>` (new names appended
+to .strtab) with st_shndx = SHN_LIVEPATCH; every relocation against them moves out
+of its section into `.klp.rela.<obj>.<target>` (so each field is written once).
+New sections are appended, so section and symbol indexes stay valid, unless
+`.klp.module_relocs.*` annotations are consumed: then sections and symbols are
+renumbered everywhere they are referenced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import (
+    AmbiguousSymbolError,
+    ModuleTargetError,
+    NotElfError,
+    RelocationTypeError,
+    SymbolNotFoundError,
+    SymposRangeError,
+    UsageError,
+)
+from harness.fileio import atomic_write_chunks, printable
+from harness.klp.abi import check_names, klp_symbol_name, parse_klp_symbol
+from harness.klp.annotations import Annotation, read_annotations
+from harness.klp.elfread import (
+    RELOC_WIDTH,
+    SHN_LIVEPATCH,
+    SHN_UNDEF,
+    SHT_NOBITS,
+    STB_GLOBAL,
+    STB_WEAK,
+    ElfImage,
+    cstring,
+    reloc_name,
+)
+from harness.klp.rewrite import Rewrite
+from harness.klp.symbols import VMLINUX, SymbolTable, module_name, module_symbols
+
+# modpost never reports these as undefined (scripts/mod/modpost.c ignore_undef_symbol).
+IGNORED_UNDEFINED = frozenset({"__this_module", "_GLOBAL_OFFSET_TABLE_"})
+
+SKIPPED_BY_ORDINARY = (
+    "the kernel applies .klp.rela.<module> sections only for livepatch modules "
+    '(MODULE_INFO(livepatch, "Y")) and silently skips them in an ordinary module'
+)
+
+
+@dataclass(frozen=True)
+class ConvertedSymbol:
+    obj: str
+    name: str
+    sympos: int
+    relocations: int
+    address: int | None  # from the symbol table; None when forced or in a module object
+
+    @property
+    def klp_name(self) -> str:
+        return klp_symbol_name(self.obj, self.name, self.sympos)
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    source: Path
+    output: Path
+    converted: tuple[ConvertedSymbol, ...]
+    left_alone: tuple[str, ...]  # undefined but exported by the target
+    already_converted: bool
+    warnings: tuple[str, ...]
+    livepatch: bool
+
+    @property
+    def relocations(self) -> int:
+        return sum(c.relocations for c in self.converted)
+
+
+def undefined_symbols(path: Path) -> list[str]:
+    """Names of the module's undefined symbols (symtab order), as modpost lists them."""
+    img = ElfImage.load(path)
+    return list(_undefined(img, img.symbols(), img.strtab(), weak=False))
+
+
+def _undefined(img: ElfImage, syms: Any, strtab: bytes, weak: bool) -> dict[str, int]:
+    import numpy as np
+
+    binds = syms["info"] >> 4
+    ok = (
+        (syms["shndx"] == SHN_UNDEF)
+        & (syms["name"] != 0)
+        & ((binds == STB_GLOBAL) | ((binds == STB_WEAK) if weak else False))
+    )
+    ok[0] = False
+    out: dict[str, int] = {}
+    for idx in np.flatnonzero(ok).tolist():
+        name = cstring(strtab, int(syms["name"][idx]))
+        if name and name not in IGNORED_UNDEFINED:
+            out.setdefault(name, idx)
+    return out
+
+
+@dataclass
+class _Choice:
+    index: int
+    name: str
+    obj: str
+    sympos: int
+    address: int | None
+
+
+class _Planner:
+    def __init__(
+        self,
+        img: ElfImage,
+        symtab: SymbolTable,
+        sympos: Mapping[str, int],
+        annotations: dict[int, Annotation],
+        force: bool,
+        forced_names: set[str],
+    ):
+        self.img, self.symtab, self.sympos = img, symtab, sympos
+        self.annotations, self.force, self.forced = annotations, force, forced_names
+        self.livepatch = img.is_livepatch()
+        self.warnings: list[str] = []
+
+    def choose(self, index: int, name: str) -> _Choice:
+        path = self.img.label
+        note = self.annotations.get(index)
+        explicit = self.sympos.get(name, note.sympos if note else None)
+        obj = note.obj if note else self._object_of(name)
+        # names from the module or the symbol table, as messages show them
+        shown, where = printable(name), printable(obj)
+        if obj != VMLINUX and not self.livepatch:
+            raise ModuleTargetError(
+                f"{path}: '{shown}' is a symbol of module {where}, but this is not a livepatch "
+                f"module: {SKIPPED_BY_ORDINARY}"
+            )
+        if obj != VMLINUX and not self.symtab.has_object(obj):
+            raise SymbolNotFoundError(
+                f"{path}: '{shown}' targets module {where}: give its symbols with "
+                f"--object-symbols {where}=PATH.ko"
+            )
+        self.warnings += check_names(path, obj, name)
+        cands = self.symtab.candidates(name, obj)
+        forced = self.force and name in self.forced
+        if not cands:
+            if forced:
+                self.warnings.append(
+                    f"'{shown}' is not in the symbol table of {where}; converted anyway (--force)"
+                )
+                return _Choice(index, name, obj, explicit or 0, None)
+            raise SymbolNotFoundError(
+                f"{path}: '{shown}' is not exported and not in the symbol table of {where} "
+                f"({printable(self.symtab.source)})"
+            )
+        if explicit is None:
+            if len(cands) > 1:
+                listed = ", ".join(c.describe() for c in cands)
+                raise AmbiguousSymbolError(
+                    f"{path}: '{shown}' occurs {len(cands)} times in {where} (position, type, "
+                    f"address: {listed}); choose one with --sympos {shown}=N or KLP_SYMPOS"
+                )
+            explicit = 0
+        elif explicit == 0 and len(cands) > 1:
+            self.warnings.append(
+                f"'{shown}' has {len(cands)} candidates in {where} but sympos 0 "
+                "was asked for: the kernel will refuse it as ambiguous"
+            )
+        elif explicit > len(cands):
+            msg = (
+                f"sympos {explicit} for '{shown}' but {where} has only {len(cands)} "
+                f"candidate(s): {', '.join(c.describe() for c in cands)}"
+            )
+            if not forced:
+                raise SymposRangeError(f"{path}: {msg}")
+            self.warnings.append(f"{msg}; converted anyway (--force)")
+            return _Choice(index, name, obj, explicit, None)
+        res = self.symtab.resolve(name, explicit, obj)
+        if not res.ok and res.status == "not-found":
+            self.warnings.append(f"{where}: {printable(res.message)}; the kernel will refuse it")
+        relative = obj in self.symtab.relative
+        return _Choice(index, name, obj, explicit, None if relative else res.address)
+
+    def _object_of(self, name: str) -> str:
+        if self.symtab.candidates(name, VMLINUX):
+            return VMLINUX
+        others = [o for o in self.symtab.objects_with(name) if o != VMLINUX]
+        if len(others) > 1:
+            raise AmbiguousSymbolError(
+                f"{self.img.label}: '{printable(name)}' is defined in several modules "
+                f"({printable(', '.join(others))}) "
+                "and not in vmlinux; pick one with a KLP_MODULE_RELOC annotation"
+            )
+        return others[0] if others else VMLINUX
+
+
+def convert_module(
+    src: Path,
+    dst: Path,
+    *,
+    symtab: SymbolTable,
+    exports: set[str] | None,
+    symbols: Sequence[str] | None = None,
+    sympos: Mapping[str, int] | None = None,
+    object_symbols: Mapping[str, Path] | None = None,
+    force: bool = False,
+) -> ConvertReport:
+    """Convert `src` into `dst` (may be the same path). See the module docstring."""
+    if exports is None and not symbols:
+        raise UsageError(
+            "say which symbols to convert: give a Module.symvers (exports) or symbol names"
+        )
+    src, dst = Path(src), Path(dst)
+    sympos = dict(sympos or {})
+    img = ElfImage.load(src)
+    img.validate_relocations()
+    # the caller's table stays as it was: module objects are added to a copy
+    symtab = SymbolTable(symtab.source, dict(symtab.objects), set(symtab.relative))
+    for obj, path in (object_symbols or {}).items():
+        symtab.add_object(module_name(obj), module_symbols(Path(path)))
+    syms = img.symbols()
+    strtab = img.strtab()
+    annotations, dropped = read_annotations(img, syms, strtab)
+    wanted = set(symbols or ())
+    undefined = _undefined(img, syms, strtab, weak=bool(wanted) or bool(annotations))
+    existing = {k.name for n in _klp_names(img, syms, strtab) if (k := parse_klp_symbol(n))}
+    left_alone: list[str] = []
+    todo: dict[str, int] = {}
+    for name, idx in undefined.items():
+        if wanted and name not in wanted:
+            continue
+        if not wanted and (syms["info"][idx] >> 4) == STB_WEAK and idx not in annotations:
+            continue  # modpost does not complain about weak undefined symbols either
+        if exports is not None and name in exports:
+            left_alone.append(name)
+            continue
+        todo[name] = idx
+    missing = sorted(wanted - set(undefined) - existing)
+    if missing:
+        raise SymbolNotFoundError(
+            f"{img.label}: --symbol {printable(missing[0])}: the module has no undefined "
+            "symbol of that name"
+        )
+    warnings = [
+        f"--sympos {printable(n)}: not converted here, ignored"
+        for n in sorted(set(sympos) - set(todo))
+    ]
+    if not todo and not dropped:
+        already = bool(existing)
+        if not already:
+            warnings.append("nothing to convert")
+        if src.resolve() != dst.resolve():
+            atomic_write_chunks(dst, [img.view], src.stat().st_mode & 0o777)
+        return ConvertReport(
+            src, dst, (), tuple(left_alone), already, tuple(warnings), img.is_livepatch()
+        )
+    planner = _Planner(img, symtab, sympos, annotations, force, wanted)
+    choices = [planner.choose(idx, name) for name, idx in sorted(todo.items())]
+    rewrite = Rewrite(img, syms, dropped)
+    counts = rewrite.convert(
+        {c.index: (c.obj, klp_symbol_name(c.obj, c.name, c.sympos)) for c in choices}
+    )
+    rewrite.write(dst, mode=src.stat().st_mode & 0o777)
+    converted = tuple(
+        ConvertedSymbol(c.obj, c.name, c.sympos, counts.get(c.index, 0), c.address) for c in choices
+    )
+    return ConvertReport(
+        src,
+        dst,
+        converted,
+        tuple(left_alone),
+        False,
+        tuple(warnings + planner.warnings),
+        planner.livepatch,
+    )
+
+
+def _klp_names(img: ElfImage, syms: Any, strtab: bytes) -> list[str]:
+    import numpy as np
+
+    idx = np.flatnonzero(syms["shndx"] == SHN_LIVEPATCH).tolist()
+    return [cstring(strtab, int(syms["name"][i])) for i in idx]
+
+
+def check_relocations(img: ElfImage, index: int, arr: Any, moved: Any, names: Any) -> None:
+    """Refuse a relocation type the x86-64 loader refuses, or a field outside its section."""
+    import numpy as np
+
+    sec = img.sections[index]
+    target = img.sections[sec.info]
+    types = (moved["info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    accepted = np.isin(types, [0, *RELOC_WIDTH])
+    if not accepted.all():
+        i = int(np.flatnonzero(~accepted)[0])
+        sym = names(int(moved["info"][i] >> np.uint64(32)))
+        raise RelocationTypeError(
+            f"{img.label}: {sec.label}+{int(moved['offset'][i]):#x}: "
+            f"{reloc_name(int(types[i]))} against '{printable(sym)}' is refused by the x86-64 "
+            "module loader"
+        )
+    if target.type == SHT_NOBITS and len(moved):
+        raise NotElfError(f"{img.label}: relocations in {sec.label} against a NOBITS section")
+    widths = np.zeros(len(types), dtype=np.uint64)
+    for rtype, width in RELOC_WIDTH.items():
+        widths[types == rtype] = width
+    if len(moved) and bool(((moved["offset"] + widths) > np.uint64(target.size)).any()):
+        raise NotElfError(f"{img.label}: a relocation in {sec.label} is outside {target.label}")

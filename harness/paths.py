@@ -1,0 +1,15 @@
+"""Where the package's own files and the repository's data directories are."""
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+
+INCLUDE_DIR = PACKAGE_DIR / "include"
+SCHEMA_FILE = PACKAGE_DIR / "schema" / "results.schema.json"
+CONVERTER_DIR = PACKAGE_DIR / "klp"
+BUILD_DIR = PACKAGE_DIR / "build"
+
+KERNELS_DIR = REPO_DIR / "kernels"
+CONFIGS_DIR = KERNELS_DIR / "configs"
+MODULES_DIR = REPO_DIR / "modules"

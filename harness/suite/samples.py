@@ -1,0 +1,290 @@
+"""Sample modules and their expectations, read from data files (modules/<name>/expect.toml)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ExpectationError
+from harness.kernels.kernel import Kernel
+from harness.paths import MODULES_DIR
+
+OUTCOMES = ("pass", "refused", "not-applicable")
+EXPECT_FILE = "expect.toml"
+
+
+@dataclass(frozen=True)
+class GuestCheck:
+    """A command run in the guest after insmod; its output and new dmesg lines must match."""
+
+    cmd: str
+    output: tuple[str, ...] = ()
+    dmesg: tuple[str, ...] = ()
+    status: int = 0
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What one kernel should show for one module."""
+
+    outcome: str  # one of OUTCOMES
+    reason: str = ""
+    dmesg: tuple[str, ...] = ()  # regexes, each must match a dmesg line of the insmod step
+    resolved: tuple[str, ...] = ()  # names the module must report as resolved
+    checks: tuple[GuestCheck, ...] = ()
+    rmmod_dmesg: tuple[str, ...] = ()
+    taint: str = ""  # taint letters this module may add beyond O and E (K for a livepatch)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    symbols: tuple[str, ...] = ()  # empty: every undefined symbol the kernel does not export
+    # A position, or "last": the highest position of that name in the kernel's table.
+    sympos: Mapping[str, int | str] = field(default_factory=dict)
+    force: bool = False
+    # Module objects a livepatch module reaches: object name -> the sample that builds it.
+    object_symbols: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Condition:
+    min_kernel: tuple[int, ...] | None = None
+    max_kernel: tuple[int, ...] | None = None  # exclusive
+    config: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, kernel: Kernel) -> bool:
+        if self.min_kernel and kernel.version < self.min_kernel:
+            return False
+        if self.max_kernel and kernel.version >= self.max_kernel:
+            return False
+        return all(kernel.config_value(k) == v for k, v in self.config.items())
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A module directory: its sources, Kbuild and expectation file."""
+
+    name: str
+    path: Path
+    module: str  # the .ko's base name
+    description: str
+    min_kernel: tuple[int, ...] | None
+    convert: ConvertOptions
+    cases: tuple[tuple[Condition, Expectation], ...]
+    requires: tuple[str, ...] = ()  # samples built first, loaded before this one, unloaded after
+    timeout: float = 60.0  # seconds (under KVM; scaled for TCG) each guest command may take
+
+    def expectation(self, kernel: Kernel) -> Expectation:
+        if self.min_kernel and kernel.version < self.min_kernel:
+            return Expectation(
+                "not-applicable", reason=f"needs kernel >= {_dotted(self.min_kernel)}"
+            )
+        for condition, expectation in self.cases:
+            if condition.matches(kernel):
+                return expectation
+        raise ExpectationError(
+            f"{self.path / EXPECT_FILE}: no [[expect]] entry matches kernel {kernel.name}"
+        )
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+def _version(text: object, where: str) -> tuple[int, ...]:
+    if not isinstance(text, str) or not re.fullmatch(r"\d+(\.\d+){0,2}", text):
+        raise ExpectationError(f'{where}: kernel version must look like "5.10", got {text!r}')
+    return tuple(int(p) for p in text.split("."))
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ExpectationError(f"{where}: expected a list of strings")
+    return tuple(value)
+
+
+def _regexes(value: object, where: str) -> tuple[str, ...]:
+    patterns = _strings(value, where)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ExpectationError(f"{where}: bad regex {pattern!r}: {err}") from None
+    return patterns
+
+
+_KINDS = {str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _toml(value: object) -> str:
+    """A value as TOML spells it, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "an array"
+    return "a table" if isinstance(value, dict) else type(value).__name__
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    """`table[key]` (else `default`) of exactly type `kind` (a boolean is no integer)."""
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ExpectationError(f"{where}: `{key}` must be {_KINDS[kind]}, got {_toml(value)}")
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ExpectationError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+
+
+def _condition(data: object, where: str) -> Condition:
+    if data is None:
+        return Condition()
+    if not isinstance(data, dict):
+        raise ExpectationError(f"{where}: `when` must be a table")
+    _check_keys(data, {"min_kernel", "max_kernel", "config"}, where)
+    config = data.get("config", {})
+    if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
+        raise ExpectationError(f'{where}: `when.config` maps options to "y"/"m"/"n"')
+    return Condition(
+        min_kernel=_version(data["min_kernel"], where) if "min_kernel" in data else None,
+        max_kernel=_version(data["max_kernel"], where) if "max_kernel" in data else None,
+        config={k.removeprefix("CONFIG_"): v for k, v in config.items()},
+    )
+
+
+def _check(data: object, where: str) -> GuestCheck:
+    if not isinstance(data, dict) or not isinstance(data.get("cmd"), str):
+        raise ExpectationError(f'{where}: a check needs `cmd = "..."`')
+    _check_keys(data, {"cmd", "output", "dmesg", "status"}, where)
+    status = _typed(data, "status", int, 0, where)
+    return GuestCheck(
+        cmd=data["cmd"],
+        output=_regexes(data.get("output"), f"{where}.output"),
+        dmesg=_regexes(data.get("dmesg"), f"{where}.dmesg"),
+        status=status,
+    )
+
+
+def _expectation(data: object, where: str) -> tuple[Condition, Expectation]:
+    if not isinstance(data, dict):
+        raise ExpectationError(f"{where}: must be a table")
+    allowed = {"when", "outcome", "reason", "dmesg", "resolved", "check", "rmmod_dmesg", "taint"}
+    _check_keys(data, allowed, where)
+    outcome = data.get("outcome")
+    if outcome not in OUTCOMES:
+        raise ExpectationError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}")
+    checks = data.get("check", [])
+    if not isinstance(checks, list):
+        raise ExpectationError(f"{where}: `check` must be an array of tables")
+    taint = data.get("taint", "")
+    if not isinstance(taint, str) or not re.fullmatch(r"[A-Z]*", taint):
+        raise ExpectationError(f'{where}: `taint` is a string of taint letters, e.g. "K"')
+    expectation = Expectation(
+        outcome=outcome,
+        reason=_typed(data, "reason", str, "", where),
+        dmesg=_regexes(data.get("dmesg"), f"{where}.dmesg"),
+        resolved=_strings(data.get("resolved"), f"{where}.resolved"),
+        checks=tuple(_check(c, f"{where}.check[{i}]") for i, c in enumerate(checks)),
+        rmmod_dmesg=_regexes(data.get("rmmod_dmesg"), f"{where}.rmmod_dmesg"),
+        taint=taint,
+    )
+    return _condition(data.get("when"), where), expectation
+
+
+def _convert(data: object, where: str) -> ConvertOptions:
+    if data is None:
+        return ConvertOptions()
+    if not isinstance(data, dict):
+        raise ExpectationError(f"{where}: must be a table")
+    _check_keys(data, {"symbols", "sympos", "force", "object_symbols"}, where)
+    sympos = data.get("sympos", {})
+    if not isinstance(sympos, dict) or not all(
+        (type(v) is int and v >= 0) or v == "last" for v in sympos.values()
+    ):
+        raise ExpectationError(f'{where}.sympos: maps symbol names to positions >= 0 or "last"')
+    objects = data.get("object_symbols", {})
+    if not isinstance(objects, dict) or not all(isinstance(v, str) for v in objects.values()):
+        raise ExpectationError(f"{where}.object_symbols: maps module names to sample names")
+    return ConvertOptions(
+        symbols=_strings(data.get("symbols"), f"{where}.symbols"),
+        sympos=dict(sympos),
+        force=_typed(data, "force", bool, False, where),
+        object_symbols=dict(objects),
+    )
+
+
+def load_sample(path: Path) -> Sample:
+    """Read `path/expect.toml`; any malformation is an ExpectationError naming the file."""
+    file = path / EXPECT_FILE
+    try:
+        data = tomllib.loads(file.read_text())
+    except OSError as err:
+        raise ExpectationError(f"{file}: cannot read: {err.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ExpectationError(f"{file}: not valid TOML: {err}") from None
+    where = str(file)
+    _check_keys(
+        data,
+        {"description", "module", "min_kernel", "convert", "expect", "requires", "timeout"},
+        where,
+    )
+    timeout = data.get("timeout", 60)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ExpectationError(f"{where}: `timeout` is a number of seconds > 0")
+    module = data.get("module")
+    if not isinstance(module, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", module):
+        raise ExpectationError(f"{where}: `module` must name the .ko built by Kbuild")
+    cases = data.get("expect")
+    if not isinstance(cases, list) or not cases:
+        raise ExpectationError(f"{where}: needs at least one [[expect]] table")
+    return Sample(
+        name=path.name,
+        path=path.resolve(),
+        module=module,
+        description=_typed(data, "description", str, "", where),
+        min_kernel=_version(data["min_kernel"], where) if "min_kernel" in data else None,
+        convert=_convert(data.get("convert"), f"{where}: [convert]"),
+        cases=tuple(_expectation(c, f"{where}: expect[{i}]") for i, c in enumerate(cases)),
+        requires=_strings(data.get("requires"), f"{where}: requires"),
+        timeout=float(timeout),
+    )
+
+
+def find_sample(name_or_path: str) -> Sample:
+    """A name in modules/ or the path of a user's module directory."""
+    candidate = Path(name_or_path)
+    if "/" not in name_or_path and (MODULES_DIR / name_or_path / EXPECT_FILE).is_file():
+        return load_sample(MODULES_DIR / name_or_path)
+    if (candidate / EXPECT_FILE).is_file():
+        return load_sample(candidate)
+    known = ", ".join(s.name for s in all_samples()) or "none"
+    raise ExpectationError(
+        f"{name_or_path}: not a sample in modules/ ({known}) nor a directory with {EXPECT_FILE}"
+    )
+
+
+def required_sample(sample: Sample, name: str) -> Sample:
+    """A sample named by `requires` or `object_symbols`: a sibling directory, or a modules/ name."""
+    sibling = sample.path.parent / name
+    if (sibling / EXPECT_FILE).is_file():
+        return load_sample(sibling)
+    return find_sample(name)
+
+
+def all_samples() -> list[Sample]:
+    if not MODULES_DIR.is_dir():
+        return []
+    return [load_sample(p) for p in sorted(MODULES_DIR.iterdir()) if (p / EXPECT_FILE).is_file()]

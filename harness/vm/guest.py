@@ -1,0 +1,416 @@
+"""A booted guest's console session: commands, their output and exit status, kernel-log helpers.
+
+The console only carries short control lines and end markers; every command's output goes
+to a file in a directory shared read-write with the host (virtme-ng `--rwdir`), so kernel
+messages interleaving on the console can never corrupt it, and big outputs (kallsyms) cost
+a 9p write instead of a slow serial transfer under TCG.
+
+The guest runs untrusted kernel code and can write that directory: every name in it may be
+a symlink, a FIFO, a device node or a huge file by the time the host looks. So the host
+creates its scripts exclusively under unpredictable names, reads only regular files, never
+through a link, up to a bound, all relative to a directory fd opened at boot; and after
+power-off it removes whatever the guest left there that is not a regular file or directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, NoReturn
+
+import pexpect
+
+from harness.errors import BootError, FileReadError
+from harness.fileio import (
+    MissingFileError,
+    open_dir,
+    read_regular,
+    sweep_special_files,
+    write_new,
+)
+from harness.vm import dmesg
+from harness.vm.consolelog import console_tail
+from harness.vm.guestroot import GUEST_SHARE, guest_path
+
+OUTPUT_LIMIT = 16 << 20  # a command's output, a dmesg dump: far above a 1 MiB log buffer
+KALLSYMS_LIMIT = 256 << 20  # /proc/kallsyms of a big config is tens of MiB
+
+
+@dataclass(frozen=True)
+class LoggedResult:
+    result: CommandResult
+    lines: list[str]  # kernel messages logged while it ran
+    taint_before: int
+    taint_after: int
+
+
+class GuestError(BootError):
+    """A running guest was lost. `what` is the one-line cause, `tail` the console's last
+    lines at that moment (the evidence a step that was running gets)."""
+
+    def __init__(self, message: str, what: str = "", tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.what = what or message.split("\n", 1)[0]
+        self.tail = tail
+
+
+class GuestDied(GuestError):
+    """The guest ended by itself: a panic (`panic=-1`, `-no-reboot`), a triple fault, qemu died."""
+
+
+class GuestTimeout(GuestError):
+    """The guest did not answer in time (hang, or boot too slow); it has been stopped."""
+
+
+class GuestFileError(GuestError):
+    """A file the guest was to write is not a plain regular file of sane size (a symlink,
+    FIFO, device node, directory or huge file): the guest is hostile and is stopped."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    output: str  # stdout and stderr, interleaved as written
+    status: int  # the shell's $? (128+N when killed by signal N)
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class Guest:
+    """One running guest. Use as a context manager; `close()` powers it off."""
+
+    def __init__(
+        self,
+        child: pexpect.spawn,
+        *,
+        kernel_name: str,
+        accel: str,
+        accel_reason: str,
+        timeout_scale: float,
+        console_log: Path,
+        log_handle: IO[bytes],
+        share_dir: Path,
+        command_line: list[str],
+        modules: Path | None = None,
+    ) -> None:
+        self._child = child
+        self.kernel_name = kernel_name
+        self.accel = accel
+        self.accel_reason = accel_reason
+        self.timeout_scale = timeout_scale
+        self.console_log = console_log
+        self._log = log_handle
+        self.share_dir = share_dir  # on the host; the guest sees it at GUEST_SHARE
+        self.modules = modules  # host dir of module builds the guest sees at GUEST_MODULES
+        self.command_line = command_line
+        self.boot_seconds = 0.0
+        self._token = "KLPH" + secrets.token_hex(6)
+        self._seq = 0
+        self._stems: dict[int, str] = {}
+        self._dead = False
+        self._closed = False
+        self._kallsyms: str | None = None
+        self._started = time.monotonic()
+        self._dir_fd = open_dir(share_dir)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead and not self._closed and bool(self._child.isalive())
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the shell, then make it quiet and machine-readable. Sets `boot_seconds`."""
+        deadline = self._started + timeout
+        self._expect(r"[#$] ", max(1.0, deadline - time.monotonic()), "boot", "no shell prompt")
+        setup = (
+            f"stty -echo; PS1=''; PS2=''; cd {GUEST_SHARE} && dmesg -n 1; "
+            f"echo 0 > /proc/sys/kernel/kptr_restrict; printf '%s:%s\\n' {self._token} ready"
+        )
+        # The line may reach the shell before it reads its terminal; resend until answered.
+        while True:
+            self._child.sendline(setup)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail_timeout("boot", "the shell did not answer its set-up line")
+            try:
+                self._expect(
+                    rf"{self._token}:ready\r*\n",
+                    min(left, 15.0),
+                    "boot",
+                    "no set-up answer",
+                    retry=True,
+                )
+                break
+            except _Retry:
+                continue
+        self.boot_seconds = time.monotonic() - self._started
+
+    def close(self) -> None:
+        """Save the guest's whole dmesg beside the console log, power off, reap qemu."""
+        if self._closed:
+            return
+        try:
+            if self.alive:
+                with contextlib.suppress(BootError):
+                    self.run("dmesg > dmesg.txt", timeout=20)
+                if self.alive:
+                    self._child.sendline("poweroff -f")
+                    self._child.expect(
+                        [pexpect.EOF, pexpect.TIMEOUT], timeout=30 * self.timeout_scale
+                    )
+        finally:
+            self._closed = True
+            self._child.close(force=True)
+            for path, kind in sweep_special_files(self.share_dir):
+                self._note(f"removed {kind} {path} that the guest left in the shared dir")
+            os.close(self._dir_fd)
+            self._log.close()
+
+    # -- commands --------------------------------------------------------------------------
+
+    def path(self, host_path: Path) -> str:
+        """The guest's path of a host file under the exposed module builds."""
+        return guest_path(host_path, self.modules)
+
+    def run(self, cmd: str, timeout: float = 60, note: str | None = None) -> CommandResult:
+        """Run `cmd` with /bin/sh in the guest (cwd: the shared dir, stdin /dev/null).
+
+        `timeout` is in KVM seconds; it is multiplied by `timeout_scale`. A timeout or a dead
+        guest raises GuestTimeout / GuestDied, and the guest is no longer usable.
+        """
+        if not self.alive:
+            raise self._error(GuestDied, "command", f"guest is not running for {cmd!r}")
+        self._seq += 1
+        stem = self._stem(self._seq)
+        try:
+            write_new(f"{stem}.sh", (cmd + "\n").encode(), dir_fd=self._dir_fd)
+        except FileReadError as err:
+            self._fail_hostile(f"cannot write the command script: {err}")
+        line = (
+            f"sh {stem}.sh >{stem}.out 2>&1 </dev/null; r=$?; echo $r >{stem}.rc; "
+            f"printf '%s:%s:%s\\n' {self._token} {self._seq} $r"
+        )
+        self._note(f"[{self._seq}] {note or cmd}")
+        start = time.monotonic()
+        self._child.sendline(line)
+        status = self._wait_status(
+            stem, timeout * self.timeout_scale, f"no answer to {note or cmd!r}"
+        )
+        seconds = time.monotonic() - start
+        output = self.read_file(f"{stem}.out").decode(errors="replace")
+        return CommandResult(cmd, output, status, seconds)
+
+    def read_file(self, name: str, limit: int = OUTPUT_LIMIT) -> bytes:
+        """A file the guest wrote in the shared dir: regular, not a link, at most `limit`
+        bytes; anything else stops the guest with GuestFileError."""
+        try:
+            return read_regular(name, limit, follow=False, dir_fd=self._dir_fd, what=name)
+        except FileReadError as err:
+            self._fail_hostile(str(err))
+
+    def checked(self, cmd: str, timeout: float = 60) -> str:
+        """`run` that treats a non-zero status as a broken guest; for the helpers below."""
+        result = self.run(cmd, timeout)
+        if not result.ok:
+            raise BootError(
+                self._message(
+                    "command",
+                    f"{cmd!r} exited {result.status}: {result.output.strip()[-500:]}",
+                )
+            )
+        return result.output
+
+    # -- kernel-side helpers ---------------------------------------------------------------
+
+    def run_logged(self, cmd: str, label: str, timeout: float = 60) -> LoggedResult:
+        """`cmd` between a /dev/kmsg canary and a dmesg read, with the taint before and after,
+        all in one round trip: the kernel lines it caused come back with its output."""
+        seq = self._seq + 1  # the number `run` gives this command
+        stem = self._stem(seq)
+        canary = dmesg.canary_line(label, f"{self._token}-{seq}")
+        script = (
+            f"cat /proc/sys/kernel/tainted > {stem}.taint0\n"
+            f"echo '{canary}' > /dev/kmsg\n"
+            f"(\n{cmd}\n)\nrc=$?\n"  # a subshell: `exit` in cmd ends only cmd
+            # A message without a trailing newline is held back until the next one comes:
+            # the end line flushes what the command caused into this dmesg read.
+            f"echo '{canary} end' > /dev/kmsg\n"
+            f"dmesg > {stem}.dmesg\n"
+            f"cat /proc/sys/kernel/tainted > {stem}.taint1\n"
+            "exit $rc\n"
+        )
+        result = self.run(script, timeout, note=f"{label}: {cmd}")
+        log = self.read_file(f"{stem}.dmesg").decode(errors="replace")
+        try:
+            before, after = (
+                dmesg.parse_tainted(self.read_file(f"{stem}.taint{i}", 64).decode(errors="replace"))
+                for i in (0, 1)
+            )
+        except ValueError as err:
+            raise BootError(
+                self._message("command", f"{cmd!r}: kernel state not read: {err}")
+            ) from None
+        lines = dmesg.lines_since(log, canary)
+        if lines is None:
+            raise BootError(
+                self._message("command", f"canary {canary!r} not in dmesg (ring buffer overrun?)")
+            )
+        lines = [line for line in lines if line.strip() != f"{canary} end"]
+        return LoggedResult(CommandResult(cmd, result.output, result.status, result.seconds),
+                            lines, before, after)  # fmt: skip
+
+    def kmsg_canary(self, label: str) -> str:
+        """Write a unique line to /dev/kmsg and return it; `dmesg_since` finds it again."""
+        line = dmesg.canary_line(label, f"{self._token}-{self._seq + 1}")
+        self.checked(f"echo '{line}' > /dev/kmsg")
+        return line
+
+    def dmesg_since(self, canary: str) -> list[str]:
+        """Kernel messages logged after `canary` (timestamps stripped)."""
+        lines = dmesg.lines_since(self.checked("dmesg"), canary)
+        if lines is None:
+            raise BootError(
+                self._message("command", f"canary {canary!r} not in dmesg (ring buffer overrun?)")
+            )
+        return lines
+
+    def kallsyms(self) -> str:
+        """The guest's /proc/kallsyms, fetched once per boot through the shared dir."""
+        if self._kallsyms is None:
+            self.checked("cat /proc/kallsyms > kallsyms.txt", timeout=120)
+            data = self.read_file("kallsyms.txt", KALLSYMS_LIMIT)
+            self._kallsyms = data.decode(errors="replace")
+        return self._kallsyms
+
+    @property
+    def kallsyms_path(self) -> Path:
+        return self.share_dir / "kallsyms.txt"
+
+    def tainted(self) -> int:
+        try:
+            return dmesg.parse_tainted(self.checked("cat /proc/sys/kernel/tainted"))
+        except ValueError as err:
+            raise BootError(self._message("command", str(err))) from None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _stem(self, seq: int) -> str:
+        """File names of command `seq`: numbered for readers, with a part the guest cannot
+        guess before the host picks it, so nothing can be planted under them."""
+        if seq not in self._stems:
+            self._stems[seq] = f"cmd-{seq:04d}-{secrets.token_hex(4)}"
+        return self._stems[seq]
+
+    def _fail_hostile(self, what: str) -> NoReturn:
+        self._dead = True
+        self._child.close(force=True)
+        raise self._error(
+            GuestFileError, "shared dir", f"{what}; the guest was stopped (hostile or broken)"
+        )
+
+    def _note(self, text: str) -> None:
+        """A host-side line in the console log, so it reads as a transcript."""
+        first, *rest = text.splitlines() or [""]
+        more = f" (+{len(rest)} lines)" if rest else ""
+        self._log.write(f"\n# klp-harness: {first[:300]}{more}\n".encode())
+        self._log.flush()
+
+    def _message(self, phase: str, what: str) -> str:
+        return str(self._error(GuestError, phase, what))
+
+    def _error(self, kind: type[GuestError], phase: str, what: str) -> GuestError:
+        tail = console_tail(self.console_log)
+        message = (
+            f"{self.kernel_name} ({self.accel}): {phase}: {what}\n"
+            f"--- last console lines ({self.console_log}) ---\n{tail}"
+        )
+        return kind(message, f"{phase}: {what}", tuple(tail.split("\n")))
+
+    def _expect(
+        self, pattern: str, timeout: float, phase: str, what: str, *, retry: bool = False
+    ) -> re.Match[bytes]:
+        """Wait for `pattern`; EOF raises GuestDied, a timeout GuestTimeout (or _Retry)."""
+        index = self._child.expect(
+            [re.compile(pattern.encode()), pexpect.EOF, pexpect.TIMEOUT], timeout=timeout
+        )
+        if index == 0:
+            match = self._child.match
+            assert isinstance(match, re.Match)
+            return match
+        if index == 1:
+            self._dead = True
+            self._child.close(force=True)
+            code, sig = self._child.exitstatus, self._child.signalstatus
+            status = f"qemu exit status {code}" if code is not None else f"signal {sig}"
+            raise self._error(
+                GuestDied, phase, f"the guest ended ({status}{self._cause()}); {what}"
+            )
+        if retry:
+            raise _Retry
+        self._fail_timeout(phase, f"{what} within {timeout:.0f} s")
+
+    def _wait_status(self, stem: str, timeout: float, what: str) -> int:
+        """The exit status from the console marker, or else from the `.rc` file.
+
+        The file is the fallback for a marker garbled by kernel messages interleaving on
+        the console (possible when the console log level is raised).
+        """
+        deadline = time.monotonic() + timeout
+        marker = rf"{self._token}:{self._seq}:(\d+)\r*\n"
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                match = self._expect(marker, min(1.0, max(left, 0.01)), "command", what, retry=True)
+                return int(match.group(1))
+            except _Retry:
+                text = self._rc_file(f"{stem}.rc")
+                if text.isdigit():
+                    return int(text)
+                if left <= 0:
+                    self._fail_timeout("command", f"{what} within {timeout:.0f} s")
+
+    def _rc_file(self, name: str) -> str:
+        """The `.rc` file's text once the guest has written it, else ""."""
+        try:
+            return read_regular(name, 64, follow=False, dir_fd=self._dir_fd).decode().strip()
+        except MissingFileError:
+            return ""
+        except FileReadError as err:
+            self._fail_hostile(str(err))
+        except UnicodeDecodeError:
+            return ""
+
+    def _cause(self) -> str:
+        """The console's last splat (usually the panic line), as a hint in the message."""
+        line = dmesg.last_splat(console_tail(self.console_log, 200))
+        return f" after: {line}" if line else ""
+
+    def _fail_timeout(self, phase: str, what: str) -> NoReturn:
+        self._dead = True
+        self._child.close(force=True)
+        raise self._error(GuestTimeout, phase, what + "; the guest was stopped")
+
+
+class _Retry(Exception):
+    """Internal: a wait that the caller retries."""
