@@ -6,35 +6,46 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from harness import __version__
 from harness.cache import atomic_write_text
 from harness.fileio import printable, printable_lines
+from harness.suite.samples import Expected
 
 SCHEMA = "klp-harness/results/1"
 
-PASS, FAIL, XFAIL, XPASS, NA, NOT_RUN = (
-    "pass",
-    "fail",
-    "expected-failure",
-    "unexpected-pass",
-    "not-applicable",
-    "not-run",
-)
-OUTCOMES = (PASS, FAIL, XFAIL, XPASS, NA, NOT_RUN)
+
+class Outcome(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    XFAIL = "expected-failure"
+    XPASS = "unexpected-pass"
+    NA = "not-applicable"
+    NOT_RUN = "not-run"
+
+
+PASS, FAIL, XFAIL, XPASS, NA, NOT_RUN = Outcome
+OUTCOMES = tuple(Outcome)
 # Outcomes that leave the run green.
 GOOD = frozenset({PASS, XFAIL, NA})
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a JSON object that are fields of `cls` (newer files may carry more)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 @dataclass
 class ModuleResult:
     sample: str
     module: str
-    outcome: str  # PASS, FAIL, XFAIL, XPASS, NA or NOT_RUN
-    expected: str  # the expectation's outcome: pass / refused / not-applicable
+    outcome: Outcome
+    expected: Expected
     reason: str = ""
     seconds: float = 0.0
     evidence: list[str] = field(default_factory=list)  # dmesg and kallsyms lines proving it
@@ -42,6 +53,15 @@ class ModuleResult:
     toolchain: str = ""
     build_log: str = ""
     console_log: str = ""  # the console log of the boot this module ran in
+    build_failed: bool = False  # the module never reached a guest: its build or conversion failed
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModuleResult:
+        known = _known(cls, data)
+        known["outcome"] = Outcome(known["outcome"])
+        # Files written before the field existed marked a build failure in the reason only.
+        known.setdefault("build_failed", str(known.get("reason", "")).startswith("build:"))
+        return cls(**known)
 
 
 @dataclass
@@ -59,6 +79,12 @@ class KernelResult:
     console_log: str = ""
     error: str = ""  # why the kernel's run ended early (fetch, boot, guest death)
     modules: list[ModuleResult] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KernelResult:
+        known = _known(cls, data)
+        known["modules"] = [ModuleResult.from_json(m) for m in data.get("modules", [])]
+        return cls(**known)
 
 
 @dataclass

@@ -78,7 +78,12 @@ def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
         built, required = build_with_requirements(kernel, sample)
     except HarnessError as err:
         result = ModuleResult(
-            sample.name, sample.module, FAIL, expectation.outcome, f"build: {err}"
+            sample.name,
+            sample.module,
+            FAIL,
+            expectation.outcome,
+            f"build: {err}",
+            build_failed=True,
         )
         out(f"  {sample.name}: build failed: {str(err).splitlines()[0]}")
         return Prepared(sample, expectation, None, result)

@@ -7,13 +7,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from harness.errors import ExpectationError
 from harness.kernels.kernel import Kernel
 from harness.paths import MODULES_DIR
 
-OUTCOMES = ("pass", "refused", "not-applicable")
+# What an expect.toml says a module should do on a kernel.
+Expected = Literal["pass", "refused", "not-applicable"]
+OUTCOMES: tuple[Expected, ...] = get_args(Expected)
 EXPECT_FILE = "expect.toml"
 
 
@@ -31,7 +33,7 @@ class GuestCheck:
 class Expectation:
     """What one kernel should show for one module."""
 
-    outcome: str  # one of OUTCOMES
+    outcome: Expected
     reason: str = ""
     dmesg: tuple[str, ...] = ()  # regexes, each must match a dmesg line of the insmod step
     resolved: tuple[str, ...] = ()  # names the module must report as resolved
@@ -183,8 +185,8 @@ def _expectation(data: object, where: str) -> tuple[Condition, Expectation]:
         raise ExpectationError(f"{where}: must be a table")
     allowed = {"when", "outcome", "reason", "dmesg", "resolved", "check", "rmmod_dmesg", "taint"}
     _check_keys(data, allowed, where)
-    outcome = data.get("outcome")
-    if outcome not in OUTCOMES:
+    outcome = next((o for o in OUTCOMES if o == data.get("outcome")), None)
+    if outcome is None:
         raise ExpectationError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}")
     checks = data.get("check", [])
     if not isinstance(checks, list):
