@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import shlex
 import statistics
@@ -30,11 +31,12 @@ from typing import Any
 
 import harness.vm.boot
 from harness.build.modules import build_with_requirements
+from harness.console import Printer
 from harness.kernels.acquire import acquire
 from harness.kernels.spec import default_spec
 from harness.suite import runner
 from harness.suite.samples import all_samples
-from harness.vm.accel import choose_accel
+from harness.vm.accel import Accel, choose_accel
 from harness.vm.boot import bootable_image, vng_command
 from harness.vm.guestroot import guest_root
 
@@ -54,7 +56,7 @@ def _timed_boot(*args: Any, **kwargs: Any) -> Iterator[Any]:
         guest_seconds += time.monotonic() - start
 
 
-def bare_boot(vmlinuz: Path, accel: str, share: Path, script: str) -> float:
+def bare_boot(vmlinuz: Path, accel: Accel, share: Path, script: str) -> float:
     cmd = [*vng_command(vmlinuz, share, accel, root=guest_root()), "--exec", script]
     start = time.monotonic()
     subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=600, check=False)
@@ -65,10 +67,11 @@ def suite_run(spec: str, results: Path) -> tuple[float, float, list[str], dict[s
     """Wall time, guest time, progress lines and per-sample step seconds of one run."""
     global guest_seconds
     guest_seconds = 0.0
-    lines: list[str] = []
+    log = io.StringIO()
     start = time.monotonic()
-    outcome = runner.run([spec], all_samples(), results, out=lines.append)
+    outcome = runner.run([spec], all_samples(), results, printer=Printer(log, tty=False))
     wall = time.monotonic() - start
+    lines = log.getvalue().splitlines()
     if not outcome.ok:
         raise SystemExit("the suite did not pass:\n" + "\n".join(lines))
     steps = {m.sample: m.seconds for m in outcome.kernels[0].modules}
@@ -123,8 +126,8 @@ def main() -> None:
     print(f"(a) bare vng boot:             {a:6.1f} s  (median of {_all(bare)})")
     print(f"(b) suite via klp-harness:     {warm_wall:6.1f} s  (median of {_all(walls)}; "
           f"{len(samples)} samples, one boot)")  # fmt: skip
-    for name, seconds in per_step.items():
-        print(f"      {name:24} {statistics.median(seconds):5.1f} s")
+    for name, times in per_step.items():
+        print(f"      {name:24} {statistics.median(times):5.1f} s")
     print(f"(c) one vng boot per module:   {c:6.1f} s  ({len(per_module)} boots)")
     print(f"b/a = {warm_wall / a:.2f}  (target <= 1.3)")
     print(f"c/b = {c / warm_wall:.2f}")

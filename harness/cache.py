@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_chunks",
     "atomic_write_text",
     "cache_dir",
+    "cache_key",
     "cache_root",
     "hold_dir",
     "locked",
@@ -32,6 +33,7 @@ __all__ = [
     "sweep_all",
     "sweep_owned",
     "sweep_staging",
+    "tree_size",
     "try_locked",
 ]
 
@@ -57,6 +59,17 @@ def cache_dir(*parts: str) -> Path:
     path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.+~_-]")
+
+
+def cache_key(text: str) -> str:
+    """`text` (a spec, a package version, a path) as one cache file or directory name: every
+    character but letters, digits and `.+~_-` becomes `_`, and so does a leading dot (never
+    `.`, `..` or a hidden name, which staging dirs use)."""
+    key = _UNSAFE.sub("_", text)
+    return "_" + key[1:] if key.startswith(".") else key or "_"
 
 
 @contextlib.contextmanager
@@ -126,7 +139,8 @@ def _mounts_under(path: Path) -> bool:
     return False
 
 
-def _tree_size(path: Path) -> int:
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under `path` (what vanishes meanwhile counts 0)."""
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
@@ -149,7 +163,7 @@ def sweep_owned(parent: Path, pattern: str) -> list[tuple[Path, int]]:
         if not re.fullmatch(pattern, name) or path.is_symlink() or not path.is_dir():
             continue
         if _owner_gone(path) and not _mounts_under(path):
-            size = _tree_size(path)
+            size = tree_size(path)
             shutil.rmtree(path, ignore_errors=True)
             # an orphaned child of the dead owner (tar under dpkg-deb) may still be writing
             # there for a few seconds: what it leaves is taken by the next sweep

@@ -3,7 +3,8 @@
 - `klp_kernel`: a fetched kernel, one per `--kernel` (default: the default kernel);
 - `klp_guest`: that kernel booted once, shared by every test that uses it;
 - `klp_module`: a factory building and converting a sample (name or path) for `klp_kernel`;
-- `klp_step`: a factory running a sample's whole step (insmod, checks, rmmod) in `klp_guest`.
+- `klp_step`: a factory running a sample's whole step (insmod, checks, rmmod) in `klp_guest`
+  and judging it (a guest lost during the step is that step's failure).
 """
 
 from __future__ import annotations
@@ -128,9 +129,14 @@ def klp_module(klp_kernel: Kernel) -> Callable[[str], BuiltModule]:
 
 @pytest.fixture
 def klp_step(
-    klp_guest: Guest, klp_kernel: Kernel, klp_module: Callable[[str], BuiltModule]
+    klp_guest: Guest,
+    klp_kernel: Kernel,
+    klp_module: Callable[[str], BuiltModule],
+    klp_results_dir: Path,
 ) -> Callable[[str], ModuleResult]:
-    from harness.suite.steps import run_step
+    """Runs a sample's step; its transcript goes to `<results>/transcripts/<kernel>/`."""
+    from harness.suite.steps import GuestSteps
+    from harness.suite.transcript import transcript_file
 
     def step(name_or_path: str) -> ModuleResult:
         sample = find_sample(name_or_path)
@@ -140,6 +146,9 @@ def klp_step(
                 sample.name, sample.module, NA, expectation.outcome, expectation.reason
             )
         built, required = build_with_requirements(klp_kernel, sample)
-        return run_step(klp_guest, sample, expectation, built, required)
+        steps = GuestSteps(klp_guest, klp_kernel)
+        result, transcript = steps.run(sample, expectation, built, required)
+        transcript.save(transcript_file(klp_results_dir, klp_kernel.name, sample.name))
+        return result
 
     return step

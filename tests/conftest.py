@@ -13,7 +13,8 @@ SLOW_MARKERS = ("long", "slow_build", "source_kernel", "matrix")
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     expression = config.getoption("markexpr") or ""
     hidden = [m for m in SLOW_MARKERS if m not in expression]
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         (drop if any(item.get_closest_marker(m) for m in hidden) else keep).append(item)
     if drop:

@@ -6,6 +6,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
 import harness
 
 INCLUDE = Path(harness.__file__).parent / "include"
@@ -126,3 +129,10 @@ def readelf(*args: str) -> str:
     return subprocess.run(
         ["readelf", "-W", *args], check=True, capture_output=True, text=True
     ).stdout
+
+
+def symbol_table(elf: ELFFile) -> SymbolTableSection:
+    """The .symtab of an object read with pyelftools (the independent reader of the tests)."""
+    section = elf.get_section_by_name(".symtab")
+    assert isinstance(section, SymbolTableSection), "no .symtab"
+    return section

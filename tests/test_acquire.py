@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from fakedebs import ABI, fake_recover, fake_resolution
 
-from harness.errors import KernelError
+from harness.console import Printer
+from harness.errors import KernelError, SymbolFileError
 from harness.kernels import acquire as acq
 from harness.kernels import kallsyms
 from harness.kernels.kernel import Kernel
@@ -29,9 +30,14 @@ MODULE_LICENSE("GPL");
 """
 
 
+def quiet() -> Printer:
+    """Progress off (the repairs are warnings, said all the same), on the stderr of now."""
+    return Printer(quiet=True)
+
+
 @pytest.fixture(scope="module")
 def default_kernel() -> Kernel:
-    return acq.acquire(default_spec(), quiet=True)
+    return acq.acquire(default_spec(), printer=quiet())
 
 
 def test_default_kernel_tree(default_kernel: Kernel) -> None:
@@ -49,7 +55,8 @@ def test_default_kernel_tree(default_kernel: Kernel) -> None:
 def test_symbol_table(default_kernel: Kernel) -> None:
     symbols = kallsyms.read(default_kernel.kallsyms)
     assert len(symbols) > 50_000
-    assert any(name == "kernel_clone" and kind in "Tt" for _, kind, name in symbols)
+    assert any(s.name == "kernel_clone" and s.type in "Tt" for s in symbols)
+    assert all(s.module is None for s in symbols)
     line = default_kernel.kallsyms.read_text().splitlines()[0]
     assert len(line.split()[0]) == 16
     # Debian's own System.map is only a placeholder; ours is the real thing
@@ -77,7 +84,7 @@ def test_warm_acquire_calls_no_apt(default_kernel: Kernel, monkeypatch: pytest.M
     monkeypatch.setattr("harness.kernels.apt.subprocess.run", no_subprocess)
     monkeypatch.setattr("harness.kernels.acquire.subprocess.run", no_subprocess)
     start = time.monotonic()
-    again = acq.acquire(default_spec(), quiet=True)
+    again = acq.acquire(default_spec(), printer=quiet())
     assert again == default_kernel
     assert time.monotonic() - start < 1.0
     assert acq.cached("bookworm") == default_kernel
@@ -94,7 +101,7 @@ def test_broken_entry_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     (entry / "root").mkdir(parents=True)  # an interrupted run's leftovers: no marker
     (entry / "root/junk").write_text("x")
     spec = parse_spec(f"debian:{ABI}")
-    kernel = acq._install(None, res, spec, quiet=True)
+    kernel = acq._install(None, res, spec, quiet())
     assert kernel.vmlinuz.is_relative_to(entry)
     assert (entry / MARKER).is_file() and not (entry / "root/junk").exists()
     assert kernel.config_value("LIVEPATCH") == "y" and kernel.vmlinuz.is_file()
@@ -108,7 +115,7 @@ def test_missing_vmlinuz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path))
     res = fake_resolution(tmp_path, with_vmlinuz=False)
     with pytest.raises(KernelError, match="no vmlinuz"):
-        acq._install(None, res, parse_spec(f"debian:{ABI}"), quiet=True)
+        acq._install(None, res, parse_spec(f"debian:{ABI}"), quiet())
     assert not res.entry.exists()
 
 
@@ -119,7 +126,7 @@ def test_dpkg_deb_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     res = replace(res, packages=tuple(replace(p, size=0, sha256="") for p in res.packages))
     (tmp_path / "debs" / res.packages[0].deb).write_bytes(b"garbage")
     with pytest.raises(KernelError, match="dpkg-deb"):
-        acq._install(None, res, parse_spec(f"debian:{ABI}"), quiet=True)
+        acq._install(None, res, parse_spec(f"debian:{ABI}"), quiet())
 
 
 def test_kallsyms_finder_failure(tmp_path: Path) -> None:
@@ -142,9 +149,21 @@ def test_local_tree(
     (tree / "Module.symvers").symlink_to(default_kernel.symvers)
     (tree / "System.map").write_text("ffffffff81000000 T _text\n")
     (tree / "include/config/kernel.release").write_text(f"{default_kernel.release}\n")
-    local = acq.acquire(f"local:{tree}", quiet=True)
+    local = acq.acquire(f"local:{tree}", printer=quiet())
     assert (local.name, local.package_version) == (f"local-{default_kernel.release}", "local")
     assert local.headers == tree and local.vmlinuz == tree / "arch/x86/boot/bzImage"
     assert local.kallsyms.read_text() == default_kernel.kallsyms.read_text()
     assert local.modules_dir.is_dir()
     assert acq.cached(f"local:{tree}") == local
+
+
+def test_table_is_read_by_the_one_kallsyms_parser(tmp_path: Path) -> None:
+    table = tmp_path / "kallsyms"
+    table.write_text("ffffffff81000000 T _text\nffffffff81000010 t helper\n")
+    assert [(s.address, s.type, s.name) for s in kallsyms.read(table)] == [
+        (0xFFFFFFFF81000000, "T", "_text"),
+        (0xFFFFFFFF81000010, "t", "helper"),
+    ]
+    table.write_text("ffffffff81000000 T _text\nnot a symbol line at all\n")
+    with pytest.raises(SymbolFileError, match=f"^{table}:2: not a System.map/kallsyms line"):
+        kallsyms.read(table)

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import pytest
 
+from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels.apt import (
-    MIRROR_ENV,
     AptRoot,
-    debian_mirror,
-    find_mirrors,
     parse_control,
-    parse_deb822,
     parse_depends,
-    parse_one_line,
     preferences_text,
     private_sources,
+)
+from harness.kernels.mirrors import (
+    MIRROR_ENV,
+    debian_mirror,
+    find_mirrors,
+    parse_deb822,
+    parse_one_line,
     read_host_sources,
 )
 
@@ -184,3 +189,48 @@ def test_private_root_options(tmp_path: Path) -> None:
             assert opt.split("=")[-1].startswith(f"{tmp_path}/apt/")
     assert (tmp_path / "apt/state/status").read_text() == ""
     assert apt.lists_age() is None  # never updated: the next acquire updates
+
+
+# Stands in for `apt-get download NAME=VERSION`: the .deb grows in four steps; a name "missing"
+# fails as apt does.
+FAKE_APT_GET = """#!/bin/sh
+for last; do :; done
+name=${last%%=*}
+if [ "$name" = missing ]; then echo "E: Unable to locate package missing" >&2; exit 100; fi
+for i in 1 2 3 4; do head -c 1000 /dev/zero >> "${name}_1_amd64.deb"; sleep 0.3; done
+"""
+
+
+@pytest.fixture
+def fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AptRoot:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "apt-get").write_text(FAKE_APT_GET)
+    (bindir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return AptRoot(tmp_path / "apt", find_mirrors(parse_deb822(DEB822)))
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_download_progress_goes_through_the_printer(
+    fake_apt: AptRoot, tmp_path: Path, tty: bool
+) -> None:
+    out = io.StringIO()
+    printer = Printer(out, tty=tty).for_kernel("k1")
+    fake_apt.download([("pkg", "1")], tmp_path / "debs", printer=printer, size=4000)
+    assert [p.name for p in (tmp_path / "debs").iterdir()] == ["pkg_1_amd64.deb"]
+    assert (tmp_path / "debs/pkg_1_amd64.deb").stat().st_size == 4000
+    text = out.getvalue()
+    if tty:  # one self-rewriting bar, ended once complete
+        assert text.startswith("\rklp-harness: [k1] downloading [") and text.count("\n") == 1
+        assert text.endswith("100%\n")
+    else:  # plain lines in a log, a few at most
+        lines = text.splitlines()
+        assert 2 <= len(lines) <= 5 and lines[-1] == "klp-harness: [k1] downloading: 100%"
+
+
+def test_download_failure_names_apts_error(fake_apt: AptRoot, tmp_path: Path) -> None:
+    said = r"^download failed: E: Unable to locate package missing$"
+    with pytest.raises(KernelError, match=said):
+        fake_apt.download([("missing", "1")], tmp_path / "debs", printer=Printer(io.StringIO()))
+    assert list((tmp_path / "debs").iterdir()) == []  # its temp dir is gone

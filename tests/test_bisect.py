@@ -7,13 +7,14 @@ import pytest
 from harness.errors import UsageError
 from harness.suite.bisect import (
     KernelVersion,
+    Runner,
     Step,
     bisect,
     compare_versions,
     parse_madison,
     pick,
 )
-from harness.suite.results import KernelResult
+from harness.suite.results import FAIL, PASS, KernelResult
 
 # `apt-cache madison` in the private apt root (bookworm, 2026-11); host name replaced.
 MADISON = """\
@@ -51,11 +52,11 @@ def test_debian_version_order() -> None:
 VERSIONS = [KernelVersion(f"6.1.0-{n}-amd64", f"6.1.{n}-1", "bookworm") for n in range(40, 57)]
 
 
-def fake_test(first_bad: int, seen: list[str]) -> object:
+def fake_test(first_bad: int, seen: list[str]) -> Runner:
     def test(version: KernelVersion) -> Step:
         seen.append(version.abi)
         number = int(version.abi.split("-")[1])
-        outcome = "fail" if number >= first_bad else "pass"
+        outcome = FAIL if number >= first_bad else PASS
         return Step(version, outcome, None, KernelResult(spec=version.spec))
 
     return test
@@ -64,7 +65,7 @@ def fake_test(first_bad: int, seen: list[str]) -> object:
 @pytest.mark.parametrize("first_bad", [41, 47, 55, 56])
 def test_bisect_finds_the_first_changed_version_in_log_steps(first_bad: int) -> None:
     seen: list[str] = []
-    outcome = bisect(VERSIONS, 0, len(VERSIONS) - 1, fake_test(first_bad, seen))  # type: ignore[arg-type]
+    outcome = bisect(VERSIONS, 0, len(VERSIONS) - 1, fake_test(first_bad, seen))
     assert outcome.bad is not None
     assert outcome.bad.version.abi == f"6.1.0-{first_bad}-amd64"
     assert outcome.good.version.abi == f"6.1.0-{first_bad - 1}-amd64"
@@ -73,7 +74,7 @@ def test_bisect_finds_the_first_changed_version_in_log_steps(first_bad: int) -> 
 
 def test_bisect_without_change_boots_only_the_ends() -> None:
     seen: list[str] = []
-    outcome = bisect(VERSIONS, 0, len(VERSIONS) - 1, fake_test(99, seen))  # type: ignore[arg-type]
+    outcome = bisect(VERSIONS, 0, len(VERSIONS) - 1, fake_test(99, seen))
     assert outcome.bad is None and seen == [VERSIONS[0].abi, VERSIONS[-1].abi]
 
 
@@ -84,4 +85,4 @@ def test_pick_by_abi_or_version_and_errors() -> None:
     with pytest.raises(UsageError, match="not a reachable version"):
         pick(VERSIONS, "5.10.0-1-amd64", 0)
     with pytest.raises(UsageError, match="older than"):
-        bisect(VERSIONS, 3, 3, fake_test(99, []))  # type: ignore[arg-type]
+        bisect(VERSIONS, 3, 3, fake_test(99, []))

@@ -14,10 +14,11 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from harness.errors import BootError
+from harness.errors import BootError, FileReadError
 from harness.fileio import sweep_special_files
 from harness.kernels.kernel import Kernel
 from harness.vm import accel, boot
+from harness.vm.accel import Accel
 from harness.vm.consolelog import console_tail
 from harness.vm.guest import (
     OUTPUT_LIMIT,
@@ -26,6 +27,7 @@ from harness.vm.guest import (
     GuestFileError,
     GuestTimeout,
 )
+from harness.vm.sharedir import SharedDir
 
 DATA = Path(__file__).parent / "data" / "consoles"
 RELEASE = "6.1.0-56-amd64"
@@ -40,8 +42,8 @@ def fake_kernel(vmlinuz: Path, modules_dir: Path) -> Kernel:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("which", ["kvm", "tcg"])
-def test_vng_command(which: str) -> None:
+@pytest.mark.parametrize("which", list(Accel))
+def test_vng_command(which: Accel) -> None:
     cmd = boot.vng_command(
         Path("/k/boot/vmlinuz-x"), Path("/r/console.files"), which, root=Path("/c/root"),
         modules=Path("/c/builds/k"),
@@ -86,8 +88,8 @@ def test_other_layout_is_staged_and_depmod_runs(
 
 def test_share_dir_must_be_a_plain_path(tmp_path: Path) -> None:
     with pytest.raises(BootError, match="plain path"):
-        boot._share_dir(tmp_path / "con sole.log", None)
-    share = boot._share_dir(tmp_path / "console.log", None)
+        boot.new_share_dir(tmp_path / "con sole.log", None)
+    share = boot.new_share_dir(tmp_path / "console.log", None)
     assert share == tmp_path / "console.files" and share.is_dir()
 
 
@@ -141,6 +143,25 @@ def test_accel_probe_runs_once_and_env_overrides(
     monkeypatch.setenv(accel.ENV_VAR, "tcg")
     assert accel.choose_accel(probe_host / "c").accel == "tcg"
     assert probes(probe_host) == 1
+
+
+def test_every_choice_is_an_accel(probe_host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_qemu(probe_host, "echo 'Kernel panic'")
+    image = probe_host / "vmlinuz"
+    choices = [choose(image), choose(image)]  # probed, then the cached verdict
+    monkeypatch.setenv(accel.ENV_VAR, " TCG")
+    choices.append(choose(image))
+    assert [(type(c.accel), c.accel) for c in choices] == [
+        (Accel, Accel.KVM),
+        (Accel, Accel.KVM),
+        (Accel, Accel.TCG),
+    ]
+    # A verdict naming no accelerator of ours is no verdict: probe again.
+    monkeypatch.delenv(accel.ENV_VAR)
+    verdicts = probe_host / "cache" / "accel" / accel.VERDICTS
+    data = json.loads(verdicts.read_text())
+    verdicts.write_text(json.dumps({k: {**v, "accel": "hvf"} for k, v in data.items()}))
+    assert choose(image).accel is Accel.KVM and probes(probe_host) == 2
 
 
 def test_a_hanging_kvm_verdict_is_kept_until_something_changes(probe_host: Path) -> None:
@@ -225,12 +246,12 @@ def fake_guest(tmp_path: Path, argv: list[str]) -> Guest:
     """A Guest over a local process instead of a VM, for the session's failure paths."""
     log_path = tmp_path / "console.log"
     log = open(log_path, "wb")  # noqa: SIM115 - Guest closes it
+    share = tmp_path / "share"
+    share.mkdir()  # before the shell starts: it may `cd` there at once
     child = pexpect.spawn(argv[0], argv[1:], echo=False, timeout=None)
     child.logfile_read = log
-    share = tmp_path / "share"
-    share.mkdir()
     return Guest(
-        child, kernel_name="fake-6.1", accel="tcg", accel_reason="test", timeout_scale=1.0,
+        child, kernel_name="fake-6.1", accel=Accel.TCG, accel_reason="test", timeout_scale=1.0,
         console_log=log_path, log_handle=log, share_dir=share, command_line=argv,
     )  # fmt: skip
 
@@ -247,7 +268,7 @@ def test_status_file_is_the_fallback_for_a_garbled_marker(tmp_path: Path) -> Non
         (script,) = share.glob("cmd-0001-*.sh")  # numbered, with a part the guest cannot guess
         assert script.read_text() == "echo partial; exit 7\n"
     finally:
-        guest._child.close(force=True)
+        guest.kill()
 
 
 def test_no_answer_is_a_timeout_that_stops_the_guest(tmp_path: Path) -> None:
@@ -333,3 +354,30 @@ def test_sweep_removes_links_and_special_files_only(tmp_path: Path) -> None:
     removed = {p.name for p, _ in sweep_special_files(tmp_path)}
     assert removed == {"link", "fifo", "dirlink"}
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "sub"]
+
+
+def test_shared_dir_refuses_what_the_guest_may_plant(tmp_path: Path) -> None:
+    top, secret = tmp_path / "share", tmp_path / "secret"
+    top.mkdir()
+    secret.write_text("key")
+    share = SharedDir(top)
+    stem = share.stem(1)
+    assert re.fullmatch(r"cmd-0001-[0-9a-f]{8}", stem) and share.stem(1) == stem
+    (top / "planted.sh").symlink_to(secret)
+    with pytest.raises(FileReadError, match="cannot create"):
+        share.create("planted.sh", b"cat /etc/shadow\n")  # never written through the link
+    assert secret.read_text() == "key"
+    share.create(f"{stem}.sh", b"true\n")
+    assert (top / f"{stem}.sh").read_bytes() == b"true\n"
+    os.mkfifo(top / "fifo")
+    (top / "big").write_bytes(b"x" * 101)
+    for name in ("planted.sh", "fifo", "big"):  # a link, a read that would block, too big
+        with pytest.raises(FileReadError):
+            share.read(name, 100)
+    assert share.read_status("missing.rc") == ""  # not written yet
+    (top / "done.rc").write_text("7\n")
+    assert share.read_status("done.rc") == "7"
+    with pytest.raises(FileReadError):
+        share.read_status("fifo")
+    assert sorted(p.name for p, _ in share.close()) == ["fifo", "planted.sh"]
+    assert sorted(p.name for p in top.iterdir()) == sorted(["big", "done.rc", f"{stem}.sh"])

@@ -4,8 +4,10 @@ tests/test_cache_damage.py does the same on the real default kernel."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, cast
@@ -13,7 +15,9 @@ from typing import Any, cast
 import pytest
 from fakedebs import ABI, bzimage, fake_recover, fake_resolution
 
+from harness.cache import cache_key
 from harness.cli.main import main
+from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels import acquire as acq
 from harness.kernels import kallsyms, resolve
@@ -25,14 +29,19 @@ from harness.kernels.verify import DamagedEntry, debian_entry, vmlinuz_problem
 SPEC = f"debian:{ABI}"
 
 
+def quiet() -> Printer:
+    """Progress off (the repairs are warnings, said all the same), on the stderr of now."""
+    return Printer(quiet=True)
+
+
 @pytest.fixture
 def res(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Resolution:
     """A fake kernel resolved (as apt would) and installed in a fresh cache."""
     monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(kallsyms, "recover", fake_recover)
     resolution = fake_resolution(tmp_path / "cache")
-    resolve._save_resolution(parse_spec(SPEC), resolution)
-    acq._install(None, resolution, parse_spec(SPEC), quiet=True)
+    resolve.save_resolution(parse_spec(SPEC), resolution)
+    acq._install(None, resolution, parse_spec(SPEC), quiet())
     return resolution
 
 
@@ -115,7 +124,7 @@ def test_damaged_entry_is_installed_again(
         acq.cached(SPEC)
     assert "\n" not in str(err.value)
     capsys.readouterr()
-    kernel = acq._install(None, res, parse_spec(SPEC), quiet=True)
+    kernel = acq._install(None, res, parse_spec(SPEC), quiet())
     assert f"cached kernel damaged ({said}" in capsys.readouterr().err
     assert kernel.vmlinuz.read_bytes() == bzimage()
     assert kernel.config_value("LIVEPATCH") == "y"
@@ -174,7 +183,14 @@ class FakeApt:
         self.root, self.stash, self.damage = root, stash, damage
         self.calls: list[list[tuple[str, str]]] = []
 
-    def download(self, wanted: list[tuple[str, str]], dest: Path, quiet: bool = False) -> None:
+    def download(
+        self,
+        wanted: list[tuple[str, str]],
+        dest: Path,
+        *,
+        printer: Printer | None = None,
+        size: int = 0,
+    ) -> None:
         self.calls.append(wanted)
         for name, version in wanted:
             deb = dest / f"{name}_{version}_amd64.deb"
@@ -204,7 +220,7 @@ def test_damaged_deb_is_fetched_again(
     data = deb.read_bytes()
     _replace(deb, data[:size] if size else data[:-10] + b"0123456789")
     mirror = FakeApt(tmp_path / "apt", stash)
-    kernel = acq._install(cast(AptRoot, mirror), res, parse_spec(SPEC), quiet=True)
+    kernel = acq._install(cast(AptRoot, mirror), res, parse_spec(SPEC), quiet())
     err = capsys.readouterr().err
     said = said.format(size=image.size)
     assert f"{image.deb}: cached file damaged ({said}), fetching again" in err
@@ -219,7 +235,7 @@ def test_damaged_download_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     shutil.move(tmp_path / "cache/debs", stash)
     mirror = FakeApt(tmp_path / "apt", stash, damage=True)
     with pytest.raises(KernelError, match=r"download of linux-image-x_1.0-1_amd64.deb is damaged"):
-        acq._install(cast(AptRoot, mirror), res, parse_spec(SPEC), quiet=True)
+        acq._install(cast(AptRoot, mirror), res, parse_spec(SPEC), quiet())
     assert not (tmp_path / "cache/debs/linux-image-x_1.0-1_amd64.deb").exists()
 
 
@@ -243,7 +259,7 @@ def test_warm_acquire_is_cheap_and_calls_no_apt(
 
     monkeypatch.setattr("harness.kernels.apt.subprocess.run", no_subprocess)
     monkeypatch.setattr("harness.kernels.acquire.subprocess.run", no_subprocess)
-    kernel = acq.acquire(SPEC, quiet=True)
+    kernel = acq.acquire(SPEC, printer=quiet())
     assert kernel.release == ABI and kernel.vmlinuz.read_bytes() == bzimage()
 
 
@@ -270,12 +286,13 @@ def test_damaged_source_build_is_built_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from harness.kernels import source_build as kbuild
-    from harness.kernels.source import SourceTree, fragment_paths, fragments_hash
+    from harness.kernels.source import SourceTree, fragments_hash
+    from harness.kernels.spec import fragment_paths
 
     monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path))
     tree = SourceTree(tmp_path / "linux", "linux-source-6.1", "6.1.1-1")
     source_id = "linux-source-6.1=6.1.1-1"
-    monkeypatch.setattr(kbuild, "_tree_and_label", lambda spec, quiet: (tree, "6.1", source_id))
+    monkeypatch.setattr(kbuild, "_tree_and_label", lambda spec, printer: (tree, "6.1", source_id))
     (tmp_path / "sources/linux-source-6.1_6.1.1-1/linux-source-6.1").mkdir(parents=True)
     (tmp_path / "resolved").mkdir()
     (tmp_path / "resolved/source-6.1.json").write_text('{"version": "6.1.1-1", "time": 0}')
@@ -306,3 +323,41 @@ def test_damaged_source_build_is_built_again(
     bzimage_path.write_bytes(bzimage(cut=10))  # make would keep it: removed before the build
     assert kbuild.source_kernel(spec).vmlinuz == bzimage_path and builds[-1] is False
     assert kbuild.check_build(entry) == ""
+
+
+# -- one cache-key rule, one printer ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("debian:bookworm", "debian_bookworm"),
+        ("6.1.158-1", "6.1.158-1"),
+        ("1:2.3+deb12u1~bpo", "1_2.3+deb12u1~bpo"),
+        ("local:/home/u/linux tree", "local__home_u_linux_tree"),
+        ("..", "_."),
+        (".hidden", "_hidden"),
+        ("", "_"),
+    ],
+)
+def test_cache_key(text: str, key: str) -> None:
+    assert cache_key(text) == key
+    assert re.fullmatch(r"[A-Za-z0-9_+~-][A-Za-z0-9.+~_-]*", cache_key(text))
+
+
+def test_cache_names_follow_the_one_rule(res: Resolution) -> None:
+    assert res.entry.name == f"debian-{ABI}_1.0-1"
+    spec = parse_spec("debian:bookworm-backports")
+    assert resolve.resolution_file(spec).name == "debian_bookworm-backports.json"
+
+
+def test_install_lines_name_their_kernel(res: Resolution) -> None:
+    """With -j 2 two kernels install at once: every line says which one it is about."""
+    out = io.StringIO()
+    printer = Printer(out, tty=False).for_kernel("k1")
+    _garbage(res.entry)
+    acq._install(None, res, parse_spec(SPEC), printer)
+    lines = out.getvalue().splitlines()
+    assert lines and all(line.startswith("klp-harness: [k1] ") for line in lines)
+    assert f"[k1] warning: {res.entry}: cached kernel damaged" in lines[0]
+    assert any(line.endswith("[k1] extracting linux-image-x_1.0-1_amd64.deb") for line in lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import shutil
 import struct
 import subprocess
@@ -62,8 +64,8 @@ CASES = [  # (case, module, extra args, error class, text in the message)
     ("truncated", "trunc", [], errors.NotElfError, "truncated"),
     ("class32", "class32", [], errors.UnsupportedElfError, "only x86-64"),
     ("bigendian", "bigendian", [], errors.UnsupportedElfError, "only x86-64"),
-    ("machine", "aarch64", [], errors.UnsupportedElfError, "only x86-64"),
-    ("not-rel", "exec", [], errors.UnsupportedElfError, "relocatable"),
+    ("machine", "aarch64", [], errors.UnsupportedElfError, "machine EM_AARCH64; only x86-64"),
+    ("not-rel", "exec", [], errors.UnsupportedElfError, "ELF type ET_EXEC, expected a relocatable"),
     ("no-symtab", "nosymtab", [], errors.NoSymtabError, "no symbol table"),
     ("missing", "missing", [], errors.FileReadError, "cannot read"),
     ("ambiguous", "plain", [], errors.AmbiguousSymbolError, "active_show"),
@@ -255,3 +257,21 @@ def test_subprocess_one_line(work: Path) -> None:
     )
     assert proc.returncode == errors.NotElfError.exit_code
     assert proc.stderr.count("\n") == 1 and not (work / "never.ko").exists()
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_start_up_settings_are_undone(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, ok: bool
+) -> None:
+    """convert pauses the GC and sizes numpy's BLAS pool for its own run only: an embedding
+    process (this one) gets both back, after success and after an error alike."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    module = work / ("plain.o" if ok else "missing.o")
+    args = ["convert", str(module), "-o", str(work / "undone.ko"), "--sympos", "active_show=2"]
+    args += ["--system-map", str(work / "kallsyms"), "--symvers", str(work / "Module.symvers")]
+    assert (main(args) == 0) == ok
+    capsys.readouterr()
+    assert gc.isenabled() and "OPENBLAS_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # a user's own choice is left alone
+    main(args)
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "2"

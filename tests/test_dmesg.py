@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -114,6 +115,11 @@ def test_splat_words_are_case_sensitive_whole_words(line: str) -> None:
 )
 def test_splat_kinds(line: str, kind: str) -> None:
     assert [s.kind for s in dmesg.scan_splats([line])] == [kind]
+
+
+def test_every_splat_kind_has_one_pattern_in_order() -> None:
+    # The kinds are a type (SplatKind) and the table's keys: they must not drift apart.
+    assert [kind for kind, _ in dmesg.SPLAT_PATTERNS] == list(get_args(dmesg.SplatKind))
 
 
 def test_bare_call_trace_is_reported() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from harness.console import Printer
 from harness.kernels.kernel import Kernel
 from harness.suite.results import FAIL, NOT_RUN, PASS, ModuleResult, RunResults
 from harness.suite.runner import run
@@ -35,7 +36,7 @@ def _by_sample(results: RunResults) -> dict[str, ModuleResult]:
 
 def _run(kernel: Kernel, paths: list[Path], out: Path, max_boots: int) -> RunResults:
     samples = [find_sample(str(p)) for p in paths]
-    return run([kernel.spec], samples, out, out=lambda line: print(line), max_boots=max_boots)
+    return run([kernel.spec], samples, out, printer=Printer(), max_boots=max_boots)
 
 
 def test_crash_and_hang_blame_only_the_step(klp_kernel: Kernel, tmp_path: Path) -> None:
@@ -69,7 +70,7 @@ def _attacks() -> list[dict[str, Any]]:
 
 def _attack_module(where: Path, attack: dict[str, Any], secret: Path, target: Path) -> Path:
     """A copy of share_attack/ whose check is the attack (then one harmless command)."""
-    module = where / attack["name"]
+    module = where / str(attack["name"])
     shutil.copytree(HOSTILE / "share_attack", module)
     cmd = attack["cmd"].replace("{secret}", str(secret)).replace("{target}", str(target))
     with open(module / "expect.toml", "a") as handle:

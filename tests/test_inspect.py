@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from elfbuild import KALLSYMS_EXCERPT
 
-from harness.klp.abi import parse_klp_symbol
+from harness.klp.abi import LOADER_RELOCS, parse_klp_symbol
+from harness.klp.elfread import RELOC_NAMES, reloc_name
 from harness.klp.inspect import KlpReloc, verdicts
 from harness.klp.symbols import SymbolTable
 
@@ -83,3 +84,17 @@ def test_kernel_name_parser() -> None:
     assert parse_klp_symbol(".klp.sym.vmlinux.a.b.c,12") is not None
     assert parse_klp_symbol(".klp.sym.vmlinux.name,x") is None
     assert parse_klp_symbol(".klp.sym." + "m" * 56 + ".x,0") is None  # %55[^.]
+
+
+@pytest.mark.parametrize("rtype", [*RELOC_NAMES, 99])
+def test_relocation_types_follow_the_loader(table: SymbolTable, rtype: int) -> None:
+    """inspect judges types by the one table convert refuses them by (abi.LOADER_RELOCS): the
+    types arch/x86/kernel/module.c applies."""
+    (v,) = verdicts([rel(".klp.sym.vmlinux.kernel_clone,0", rtype=reloc_name(rtype))], table)
+    accepted = {"R_X86_64_NONE", "R_X86_64_64", "R_X86_64_PC32", "R_X86_64_PLT32"}
+    accepted |= {"R_X86_64_32", "R_X86_64_32S", "R_X86_64_PC64"}
+    assert {reloc_name(t) for t in LOADER_RELOCS} == accepted
+    if reloc_name(rtype) in accepted:
+        assert v.status == "resolves"
+    else:
+        assert v.status == "bad-type" and "refused by the x86-64 module loader" in v.message

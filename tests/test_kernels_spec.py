@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from harness.build import buildroot
+from harness.build.toolchain import parse_cc_version_text, suite_for
+from harness.cli.main import main
 from harness.errors import ExpectationError, KernelError
 from harness.kernels.acquire import acquire
+from harness.kernels.apt import preferences_text, private_sources
+from harness.kernels.mirrors import AptSource, Mirrors, find_mirrors
+from harness.kernels.releases import DEFAULT_FILE, ENV_VAR, all_suites, load_releases
 from harness.kernels.spec import (
     check_spec,
     default_spec,
@@ -100,6 +107,7 @@ def test_declarations_format(tmp_path: Path) -> None:
         '[[kernel]]\nname = "k2"\nspec = "debian:bookworm"\n'
         'default = true\ndescription = "x"\n[[kernel]]\nname = "k3"\nspec = "local:/x"\n',
     )
+    (tmp_path / "releases.toml").write_text(DEFAULT_FILE.read_text())  # no declarations
     decls = load_declared(tmp_path)
     assert [d.name for d in decls] == ["k1", "k2", "k3"]
     assert decls[1].default and decls[1].description == "x"
@@ -196,3 +204,83 @@ def test_check_spec_accepts(tmp_path: Path) -> None:
     assert check_spec("debian:6.1.0-47-amd64").kind == "debian-abi"
     assert check_spec("source:6.1:livepatch").config == "livepatch"
     assert check_spec(f"local:{tmp_path}").path == tmp_path
+
+
+# -- the Debian releases, as data (kernels/releases.toml) --------------------------------------
+
+DUKE = """
+[[release]]
+codename = "duke"
+version = "15"
+suites = ["security", "backports"]
+gcc = 17
+"""
+
+
+def _releases(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "releases.toml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_releases() -> None:
+    releases = load_releases()
+    assert [r.codename for r in releases] == ["bullseye", "bookworm", "trixie", "forky", "sid"]
+    assert {r.codename: r.gcc for r in releases}["bookworm"] == 12
+    assert "bullseye-backports" not in all_suites() and "trixie-backports" in all_suites()
+
+
+def test_an_added_release_is_picked_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a Debian release is one [[release]] table: specs, the private apt root's suites
+    and pins, the host mirror detection and the build root for its gcc all follow."""
+    with pytest.raises(KernelError, match="unknown suite"):
+        parse_spec("debian:duke-backports")
+    monkeypatch.setenv(ENV_VAR, str(_releases(tmp_path, DEFAULT_FILE.read_text() + DUKE)))
+    spec = parse_spec("debian:duke-backports")
+    assert spec.suite_priorities() == {"duke": 500, "duke-security": 500, "duke-backports": 990}
+    assert all_suites()[-3:] == ["duke", "duke-security", "duke-backports"]
+    debian = AptSource(("http://mirror.example/debian",), ("duke",), ("main",))
+    security = AptSource(("http://security.example/debian-security",), ("duke-security",), ())
+    mirrors = find_mirrors([debian, security])  # a host that runs the new release
+    main_stanza, security_stanza = private_sources(mirrors).split("\n\n")
+    assert main_stanza.splitlines()[2].endswith(" sid duke duke-backports")
+    assert security_stanza.splitlines()[2].endswith(" duke-security")
+    assert "Pin: release n=duke\nPin-Priority: -1" in preferences_text({"sid": 500})
+    assert suite_for(parse_cc_version_text("gcc-17 (Debian 17.1.0-1) 17.1.0"), None) == "duke"
+    assert buildroot.packages_for("duke")[0] == "gcc-17"
+    assert Mirrors(debian, security).debian.suites == ("duke",)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("gcc = 14", 'gcc = "14"', "release #3 (trixie): 'gcc' must be the gcc major"),
+        ('suites = ["security"]', 'suites = ["securty"]', "release #4 (forky): 'suites' must"),
+        ('codename = "sid"', 'codename = "Sid"', "release #5: 'codename' must be"),
+        ('version = "12"', 'version = "12"\nkernel = "6.1"', "release #2 (bookworm): unknown keys"),
+        ('codename = "sid"', 'codename = "forky"', "release 'forky' listed twice"),
+        ("\n[[release]]\n", "\n[[releases]]\n", "unknown top-level keys ['releases']"),
+        ("gcc = 10", "gcc =", "invalid TOML"),
+    ],
+)
+def test_bad_releases_file_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    old: str,
+    new: str,
+    said: str,
+) -> None:
+    path = _releases(tmp_path, DEFAULT_FILE.read_text().replace(old, new, 1))
+    with pytest.raises(ExpectationError, match=f"^{path}: .*{re.escape(said)}"):
+        load_releases(path)
+    monkeypatch.setenv(ENV_VAR, str(path))
+    monkeypatch.setenv("KLP_HARNESS_CACHE", str(tmp_path / "cache"))
+    assert main(["kernels", "info", "--cached-only", "debian:bookworm"]) == 24
+    err = capsys.readouterr().err
+    assert err.startswith(f"klp-harness: {path}: ") and err.count("\n") == 1 and said in err
+
+
+def test_missing_releases_file(tmp_path: Path) -> None:
+    with pytest.raises(ExpectationError, match="cannot read the Debian releases"):
+        load_releases(tmp_path / "nonexistent.toml")

@@ -112,7 +112,7 @@ def test_die_with_parent_kills_a_child_of_a_killed_harness() -> None:
 @pytest.mark.parametrize("mode", ["tcg-probe", "kvm-probe"])
 def test_probe_qemu_dies_with_the_harness(klp_kernel: Kernel, tmp_path: Path, mode: str) -> None:
     if mode == "kvm-probe":
-        why = accel._kvm_unusable()
+        why = accel.kvm_unusable()
         if why:
             pytest.skip(f"the KVM probe starts no qemu here: {why}")
         # choose_accel itself, with an empty cache so that it really probes.
@@ -122,8 +122,8 @@ def test_probe_qemu_dies_with_the_harness(klp_kernel: Kernel, tmp_path: Path, mo
         )
     else:  # the same probe under TCG: runs on any host with qemu
         code = (
-            "import sys; from harness.vm.accel import _probe_kvm;"
-            "_probe_kvm(sys.argv[1], 300, accel='tcg')"
+            "import sys; from pathlib import Path; from harness.vm.accel import Accel, probe_boot;"
+            "probe_boot(Path(sys.argv[1]), 300, Accel.TCG)"
         )
     env = {**os.environ, "KLP_HARNESS_CACHE": str(tmp_path / "cache")}
     env.pop(accel.ENV_VAR, None)
@@ -139,10 +139,11 @@ def test_probe_qemu_dies_with_the_harness(klp_kernel: Kernel, tmp_path: Path, mo
 BOOT = """
 import sys
 from pathlib import Path
+from harness.console import Printer
 from harness.kernels.acquire import acquire
 from harness.vm.boot import boot
 
-guest = boot(acquire(sys.argv[1], quiet=True), Path(sys.argv[2]))
+guest = boot(acquire(sys.argv[1], printer=Printer(quiet=True)), Path(sys.argv[2]))
 print("READY", guest.run("uname -r").output.strip(), flush=True)
 sys.stdin.read()
 """

@@ -10,6 +10,7 @@ import re
 import subprocess
 from collections.abc import Callable
 
+from elfbuild import symbol_table
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
@@ -27,7 +28,7 @@ def _relocations(path: str) -> dict[str, list[tuple[int, int, str]]]:
     out: dict[str, list[tuple[int, int, str]]] = {}
     with open(path, "rb") as handle:
         elf = ELFFile(handle)
-        symtab = elf.get_section_by_name(".symtab")
+        symtab = symbol_table(elf)
         for section in elf.iter_sections():
             if isinstance(section, RelocationSection):
                 out[section.name] = [
@@ -60,9 +61,10 @@ def test_kernel_clone_module_converts(
 
     with open(built.ko, "rb") as handle:
         elf = ELFFile(handle)
-        symtab = elf.get_section_by_name(".symtab")
+        symtab = symbol_table(elf)
         for name in klp:
             section = elf.get_section_by_name(name)
+            assert isinstance(section, RelocationSection), name
             assert section["sh_flags"] & SHF_RELA_LIVEPATCH
             assert elf.get_section(section["sh_info"]).name == name.removeprefix(
                 ".klp.rela.vmlinux."

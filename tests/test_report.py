@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from harness.cli.main import main
+from harness.cli import report
+from harness.cli.main import build_parser, main
+from harness.console import Printer
 from harness.report.model import (
     FIXED,
     NEVER_PASSED,
@@ -22,6 +25,7 @@ from harness.report.model import (
     classify,
     merge,
 )
+from harness.suite.results import NOT_RUN, PASS, Outcome
 
 DATA = Path(__file__).parent / "data" / "results"
 BOOKWORM, REGRESSED = DATA / "bookworm", DATA / "bookworm-regressed"
@@ -150,14 +154,14 @@ def test_guest_death_is_a_regression() -> None:
     ],
 )
 def test_classify(now: str, before: str | None, expected: str) -> None:
-    base = Cell("k", "s", outcome=before, in_run=True) if before else None
-    assert classify(Cell("k", "s", outcome=now, in_run=True), base) == expected
+    base = Cell("k", "s", outcome=Outcome(before), in_run=True) if before else None
+    assert classify(Cell("k", "s", outcome=Outcome(now), in_run=True), base) == expected
 
 
 def test_kernel_failure_counts_as_failure_in_baseline() -> None:
-    died = Cell("k", "s", outcome="not-run", kernel_failed=True, in_run=True)
-    assert classify(Cell("k", "s", outcome="pass"), died) == FIXED
-    assert classify(died, Cell("k", "s", outcome="pass")) == REGRESSION
+    died = Cell("k", "s", outcome=NOT_RUN, kernel_failed=True, in_run=True)
+    assert classify(Cell("k", "s", outcome=PASS), died) == FIXED
+    assert classify(died, Cell("k", "s", outcome=PASS)) == REGRESSION
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -212,3 +216,29 @@ def test_directory_of_runs(capsys: pytest.CaptureFixture[str]) -> None:
         "debian:trixie",
         "debian:trixie-backports",
     ]
+
+
+def test_lines_go_through_the_printer(tmp_path: Path) -> None:
+    """Progress and regressions go to the printer given, escaped: a sample name from a
+    results file cannot move the cursor or start a line of its own."""
+    hostile = "kernel_clone\x1b[2K\rklp-harness: all good"
+    for name, source in (("now", REGRESSED), ("before", BOOKWORM)):
+        data = json.loads((source / "results.json").read_text())
+        clone = next(m for m in data["kernels"][0]["modules"] if m["sample"] == "kernel_clone")
+        clone["sample"] = hostile
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+    out = tmp_path / "r.md"
+    argv = ["report", str(tmp_path / "now"), "--baseline", str(tmp_path / "before"), "-o", str(out)]
+    stream = io.StringIO()
+    assert report.run(build_parser(argv).parse_args(argv), Printer(stream, tty=False)) == 1
+    lines = stream.getvalue().splitlines()
+    assert lines[1:] == [
+        f"klp-harness: report written to {out}",
+        "klp-harness: regression: kernel_clone\\x1b[2K\\rklp-harness: all good on "
+        "debian:bookworm: fail",
+        "klp-harness: regression: symbol_missing on debian:bookworm: unexpected-pass",
+    ]
+    quiet = io.StringIO()
+    assert report.run(build_parser(argv).parse_args(argv), Printer(quiet, quiet=True)) == 1
+    assert quiet.getvalue() == ""

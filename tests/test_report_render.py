@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import html.parser
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.cli.main import main
 from harness.report.model import Report, build
-from harness.report.render import junit, markdown, render
+from harness.report.render import html_cell, junit, markdown, render
 
 DATA = Path(__file__).parent / "data" / "results"
+EXAMPLE = Path(__file__).parent.parent / "docs" / "matrix-example"
 BOOKWORM, REGRESSED, MULTI = DATA / "bookworm", DATA / "bookworm-regressed", DATA / "multi"
 HOSTILE = "a | b <script>alert(1)</script> `x` *y* [z](http://evil) & \x07bell\x1b[0m"
 
@@ -161,3 +164,38 @@ def test_json() -> None:
     assert (
         clone["change"] == "regression" and clone["failed"] and clone["baseline_outcome"] == "pass"
     )
+
+
+@pytest.mark.parametrize("fmt", ["md", "html"])
+def test_the_committed_example_report_is_regenerated_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """docs/matrix-example/report.{md,html} is what `klp-harness report` makes of the
+    results.json beside it, byte for byte, run as documented: from the repository's top
+    with the same relative paths (a copy of the tree, so the docs are never touched)."""
+    shutil.copytree(
+        EXAMPLE, tmp_path / "docs" / "matrix-example", ignore=shutil.ignore_patterns("report.*")
+    )
+    monkeypatch.chdir(tmp_path)
+    out = Path("docs/matrix-example") / f"x.{fmt}"
+    assert main(["report", "docs/matrix-example/results.json", "-o", str(out)]) == 0
+    assert out.read_bytes() == (EXAMPLE / f"report.{fmt}").read_bytes()
+
+
+def test_a_build_failure_links_its_build_log_not_a_console(tmp_path: Path) -> None:
+    """Marked by the `build_failed` field; in files written before it, by the reason."""
+    data = json.loads((BOOKWORM / "results.json").read_text())
+    new, old = data["kernels"][0]["modules"][:2]
+    for module, reason in ((new, "conversion failed: no such symbol"), (old, "build: make: 2")):
+        module.update(outcome="fail", reason=reason, console_log="", evidence=[])
+        module["build_log"] = str(tmp_path / f"{module['sample']}.build.log")
+    new["build_failed"] = True
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(data))
+    grid = build([run]).grid
+    for module in (new, old):
+        cell = grid.cell("debian:bookworm", module["sample"])
+        assert cell.build_failed and cell.console_log == ""  # no guest ran it
+        links = [a["href"] for t, a in parse(html_cell(cell, tmp_path)).tags if t == "a"]
+        assert links == [f"{module['sample']}.build.log"]

@@ -12,8 +12,9 @@ import jsonschema
 import pytest
 
 from harness.cli.main import main
-from harness.report.model import SCHEMA_FILE, validation_errors
-from harness.suite.results import SCHEMA, KernelResult, ModuleResult, RunResults
+from harness.paths import SCHEMA_FILE
+from harness.report.model import validation_errors
+from harness.suite.results import FAIL, SCHEMA, KernelResult, ModuleResult, RunResults
 
 DATA = Path(__file__).parent / "data" / "results"
 FIXTURES = sorted(DATA.glob("*/results.json"))
@@ -53,7 +54,7 @@ def full_run(tmp_path: Path) -> RunResults:
     module = ModuleResult(
         "kernel_clone",
         "klp_kernel_clone",
-        "fail",
+        FAIL,
         "pass",
         "resolved at the wrong address",
         seconds=1.5,

@@ -11,7 +11,7 @@ import pytest
 from harness.cli.main import main
 from harness.fileio import exclusive_dir, exclusive_file
 from harness.suite.results import FAIL, KernelResult, ModuleResult, RunResults, format_table
-from harness.suite.runner import _Claims
+from harness.suite.runner import Claims
 
 
 def test_run_dirs_started_in_the_same_second_never_collide(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_console_logs_are_never_reused(tmp_path: Path) -> None:
 
 
 def test_a_kernel_named_twice_runs_once() -> None:
-    claims = _Claims()
+    claims = Claims()
     assert claims.claim("debian-6.1.0-57-amd64", "debian:bookworm") is None
     assert claims.claim("debian-6.1.0-57-amd64", "debian:6.1.0-57-amd64") == "debian:bookworm"
     assert claims.claim("debian-6.1.0-57-amd64", "debian:bookworm") is None  # its own claim

@@ -8,17 +8,16 @@ from pathlib import Path
 import pytest
 
 from harness.errors import KernelError
-from harness.kernels.kernel import read_config
+from harness.kernels.kernel import parse_config, read_config
 from harness.kernels.source import (
-    CONFIGS_DIR,
     evaluate,
     explain_lost,
-    fragment_paths,
     kconfig_depends,
     lost_options,
     requested,
 )
-from harness.kernels.spec import load_declared, parse_spec
+from harness.kernels.spec import fragment_paths, load_declared, parse_spec
+from harness.paths import CONFIGS_DIR
 
 
 @pytest.mark.parametrize(
@@ -248,3 +247,21 @@ def test_check_system_map_counts_like_kinds(tmp_path: Path) -> None:
     assert check_system_map(table, smap) == []
     smap.write_text(table.read_text() + "ffffffff81000030 t serial_in\n")
     assert check_system_map(table, smap) == ["serial_in"]
+
+
+def test_one_config_parser_for_fragments_and_configs(tmp_path: Path) -> None:
+    """A fragment and a final .config are read by the same rule (kernel.parse_config)."""
+    text = (
+        '  CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_CC_VERSION_TEXT="gcc-12 (Debian) 12.2.0"\n'
+        'CONFIG_EMPTY=""\nCONFIG_HEX=0x10\n# comment\nCONFIG_A=m\n'
+    )
+    path = tmp_path / "x.config"
+    path.write_text(text)
+    want = {
+        "CONFIG_A": "m",
+        "CONFIG_B": "n",
+        "CONFIG_CC_VERSION_TEXT": "gcc-12 (Debian) 12.2.0",
+        "CONFIG_EMPTY": "",
+        "CONFIG_HEX": "0x10",
+    }
+    assert parse_config(text) == read_config(path) == requested([path]) == want

@@ -8,7 +8,7 @@ import pytest
 from elfbuild import KALLSYMS_EXCERPT
 
 from harness.errors import FileReadError, SymbolFileError
-from harness.klp.symbols import SymbolTable, load_symvers, resolve
+from harness.klp.symbols import KallsymsLine, SymbolTable, kallsyms_lines, load_symvers, resolve
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,46 @@ def test_resolve_mirrors_kernel_stop_rule() -> None:
     # sympos 2 ends on address 0: the kernel says "not found"
     assert table.resolve("f", 2).status == "not-found"
     assert resolve([], "f", 0, "vmlinux").status == "not-found"
+
+
+def test_kallsyms_lines_fields_and_order() -> None:
+    text = (
+        "ffffffff81000000 T _text\n\n"
+        "ffffffffc0000000 t helper\t[mymod]\n"
+        "0000000000000000 A fixed_percpu_data\n"
+    )
+    assert list(kallsyms_lines(text, "k")) == [
+        KallsymsLine(0xFFFFFFFF81000000, "T", "_text", None, "ffffffff81000000 T _text"),
+        KallsymsLine(
+            0xFFFFFFFFC0000000, "t", "helper", "mymod", "ffffffffc0000000 t helper\t[mymod]"
+        ),
+        KallsymsLine(0, "A", "fixed_percpu_data", None, "0000000000000000 A fixed_percpu_data"),
+    ]
+    # empty text and zero addresses are the caller's business (SymbolTable refuses them)
+    assert list(kallsyms_lines("", "k")) == []
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ffffffff81000000 T ok\nnot kallsyms\n", "src:2: not a System.map/kallsyms line"),
+        ("ffffffff81000000 TT name\n", "src:1: not a System.map/kallsyms line"),
+        ("ffffffff81000000 T a b c\n", "src:1: not a System.map/kallsyms line"),
+        ("ffffffff81000000 T a mod\n", "src:1: not a System.map/kallsyms line"),
+        ("zzzz T bad\n", "src:1: bad address 'zzzz'"),
+        ("1" + "0" * 16 + " T wide\n", "src:1: address wider than 64 bits"),
+        (
+            "ffffffffffffffff B The real System.map is in the linux-image-dbg package\n",
+            "placeholder System.map",
+        ),
+    ],
+)
+def test_kallsyms_lines_refuses(text: str, message: str) -> None:
+    with pytest.raises(SymbolFileError) as err:
+        list(kallsyms_lines(text, "src"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_kallsyms_lines_source_is_printable() -> None:
+    with pytest.raises(SymbolFileError, match=r"^evil\\x1b\[2J:1: "):
+        list(kallsyms_lines("junk\n", "evil\x1b[2J"))

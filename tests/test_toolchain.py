@@ -14,8 +14,8 @@ import pytest
 from harness.build import buildroot, toolchain
 from harness.build.toolchain import CompilerVersion, parse_cc_version_text, suite_for
 from harness.errors import ToolchainError
-from harness.kernels.apt import debian_mirror
 from harness.kernels.kernel import Kernel
+from harness.kernels.mirrors import debian_mirror
 
 # CONFIG_CC_VERSION_TEXT of real Debian kernels (from their headers packages' .config).
 BULLSEYE_5_10 = "gcc-10 (Debian 10.2.1-6) 10.2.1 20210110"  # 5.10.0-32-amd64

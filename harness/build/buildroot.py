@@ -11,17 +11,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from harness.cache import atomic_write_text, cache_dir, locked, staged_dir
+from harness.console import Printer
 from harness.errors import KernelError, ToolchainError
-from harness.kernels.apt import MIRROR_ENV, debian_mirror
-
-# Which Debian suite ships which gcc major as its default compiler (kept as data).
-GCC_SUITES: dict[int, str] = {10: "bullseye", 12: "bookworm", 14: "trixie", 15: "forky", 16: "sid"}
+from harness.kernels.mirrors import MIRROR_ENV, debian_mirror
+from harness.kernels.releases import find_release
 
 # What a module build needs: compiler, make, libc headers, libelf (objtool),
 # bc, kmod, and dwarves (pahole) for module BTF. `gcc` gives a plain HOSTCC.
@@ -52,10 +50,11 @@ exec chroot "$root" /usr/bin/env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/
 
 
 def packages_for(suite: str) -> tuple[str, ...]:
-    majors = [major for major, name in GCC_SUITES.items() if name == suite]
-    if not majors:
+    """What the build root of `suite` installs: its gcc (kernels/releases.toml) and the rest."""
+    release = find_release(suite)
+    if release is None:
         raise ToolchainError(f"no build-root package list for suite {suite!r}")
-    return (f"gcc-{majors[0]}", "gcc", *BASE_PACKAGES)
+    return (f"gcc-{release.gcc}", "gcc", *BASE_PACKAGES)
 
 
 def buildroot_path(suite: str) -> Path:
@@ -70,7 +69,7 @@ def _marker_ok(root: Path, packages: Sequence[str]) -> bool:
     return isinstance(data, dict) and data.get("packages") == list(packages)
 
 
-def ensure_buildroot(suite: str) -> Path:
+def ensure_buildroot(suite: str, *, printer: Printer | None = None) -> Path:
     """The cached root for `suite`, created with mmdebstrap (about 40 s) when missing."""
     packages = packages_for(suite)
     final = buildroot_path(suite)
@@ -88,11 +87,8 @@ def ensure_buildroot(suite: str) -> Path:
             mirror = debian_mirror()
         except KernelError as err:
             raise ToolchainError(f"{err}; or set {MIRROR_ENV}") from None
-        print(
-            f"klp-harness: creating the {suite} build root with mmdebstrap (about 40 s) in {final}",
-            file=sys.stderr,
-            flush=True,
-        )
+        printer = printer or Printer()
+        printer.say(f"creating the {suite} build root with mmdebstrap (about 40 s) in {final}")
         log = final.parent / f"{suite}.log"
         start = time.monotonic()
         with staged_dir(final) as tmp:

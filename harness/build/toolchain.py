@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Literal
 
 from harness.build import buildroot
-from harness.build.buildroot import GCC_SUITES, ensure_buildroot
+from harness.build.buildroot import ensure_buildroot
 from harness.cache import cache_root
+from harness.console import Printer
 from harness.errors import ToolchainError
 from harness.kernels.kernel import Kernel
+from harness.kernels.releases import gcc_suites
 
 __all__ = [
-    "GCC_SUITES",
     "CompilerVersion",
     "Toolchain",
     "ensure_buildroot",
@@ -71,9 +72,10 @@ def suite_for(kernel_cc: CompilerVersion, host_cc: CompilerVersion | None) -> st
         )
     if host_cc is not None and host_cc.family == "gcc" and host_cc.major == kernel_cc.major:
         return None
-    suite = GCC_SUITES.get(kernel_cc.major)
+    suites = gcc_suites()
+    suite = suites.get(kernel_cc.major)
     if suite is None:
-        known = ", ".join(f"gcc-{k} -> {v}" for k, v in sorted(GCC_SUITES.items()))
+        known = ", ".join(f"gcc-{k} -> {v}" for k, v in sorted(suites.items()))
         raise ToolchainError(
             f"kernel built with {kernel_cc.text!r}: no Debian suite known to ship "
             f"gcc-{kernel_cc.major} (known: {known})"
@@ -143,8 +145,8 @@ def kernel_compiler(kernel: Kernel) -> CompilerVersion:
     return parse_cc_version_text(text)
 
 
-def _root_toolchain(suite: str, kernel_cc: CompilerVersion) -> Toolchain:
-    root = ensure_buildroot(suite)
+def _root_toolchain(suite: str, kernel_cc: CompilerVersion, printer: Printer) -> Toolchain:
+    root = ensure_buildroot(suite, printer=printer)
     for name in _candidates(kernel_cc):
         if not (root / "usr/bin" / name).exists():
             continue
@@ -163,7 +165,7 @@ def _root_toolchain(suite: str, kernel_cc: CompilerVersion) -> Toolchain:
 _SELECTED: dict[tuple[str, Path], Toolchain] = {}
 
 
-def select(kernel: Kernel) -> Toolchain:
+def select(kernel: Kernel, *, printer: Printer | None = None) -> Toolchain:
     """The toolchain that builds modules for `kernel`: host gcc of the same major, else
     a cached Debian build root whose suite ships that gcc (created on first use)."""
     kernel_cc = kernel_compiler(kernel)
@@ -171,16 +173,16 @@ def select(kernel: Kernel) -> Toolchain:
     known = _SELECTED.get(key)
     if known is not None and (known.root is None or (known.root / buildroot.MARKER).exists()):
         return known
-    chosen = _select(kernel_cc)
+    chosen = _select(kernel_cc, printer or Printer())
     _SELECTED[key] = chosen
     return chosen
 
 
-def _select(kernel_cc: CompilerVersion) -> Toolchain:
+def _select(kernel_cc: CompilerVersion, printer: Printer) -> Toolchain:
     host = host_compiler(kernel_cc)
     suite = suite_for(kernel_cc, host[1] if host else None)
     if suite is None and host is not None:
         name, version = host
         return Toolchain("host", f"host {version.text}", name, None, version.major)
     assert suite is not None
-    return _root_toolchain(suite, kernel_cc)
+    return _root_toolchain(suite, kernel_cc, printer)

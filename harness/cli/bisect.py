@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from harness.console import Printer
 from harness.suite.samples import find_sample
+
+if TYPE_CHECKING:
+    from harness.suite.bisect import Step
 
 
 def register(sub: Any) -> None:
@@ -28,14 +31,11 @@ def register(sub: Any) -> None:
         "--list", action="store_true", help="only list the reachable versions, oldest first"
     )
     parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.set_defaults(func=run)
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _evidence(label: str, step: Any) -> list[str]:
+def _evidence(label: str, step: Step) -> list[str]:
     result = step.result
     lines = [f"{label}: {step.version.abi} ({step.version.version}): {step.outcome}"]
     if result is not None and result.reason:
@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     sample = find_sample(args.module)
     good, bad = pick(versions, args.good, 0), pick(versions, args.bad, -1)
     first, last = versions[good].abi, versions[bad].abi
-    _say(f"bisect: {len(versions)} versions reachable; good {first}, bad {last}")
-    outcome = bisect(versions, good, bad, runner_for(sample, args.results, _say))
+    printer = Printer(quiet=args.quiet)
+    printer.say(f"bisect: {len(versions)} versions reachable; good {first}, bad {last}")
+    outcome = bisect(versions, good, bad, runner_for(sample, args.results, printer))
     booted = f"{len(outcome.tested)} kernels booted"
     print("\n".join(_evidence("good", outcome.good)))
     if outcome.bad is None:

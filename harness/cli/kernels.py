@@ -10,15 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import cache_dir, cache_root, sweep_all, sweep_owned, try_locked
+from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels import kallsyms
 from harness.kernels.acquire import acquire, cached
 from harness.kernels.apt import DOWNLOAD_DIR
 from harness.kernels.kernel import Kernel
-from harness.kernels.resolve import _load_resolution
+from harness.kernels.resolve import load_resolution
 from harness.kernels.source_build import check_build
 from harness.kernels.spec import load_declared, parse_spec, resolve_name
-from harness.kernels.verify import DamagedEntry, debian_entry, debs_problem, vmlinuz_problem
+from harness.kernels.verify import (
+    MARKER,
+    DamagedEntry,
+    debian_entry,
+    debs_problem,
+    vmlinuz_problem,
+)
 
 INFO_OPTIONS = ("LIVEPATCH", "KALLSYMS_ALL", "MODULE_SIG_FORCE")
 
@@ -69,7 +76,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    kernel = acquire(args.spec, quiet=args.quiet, refresh=args.refresh)
+    kernel = acquire(args.spec, printer=Printer(quiet=args.quiet), refresh=args.refresh)
     print(
         f"{kernel.name} {kernel.package_version}: {kernel.vmlinuz} "
         f"({time.monotonic() - start:.1f} s)"
@@ -100,7 +107,7 @@ def describe(kernel: Kernel) -> list[tuple[str, str]]:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    kernel = cached(args.spec) if args.cached_only else acquire(args.spec, quiet=False)
+    kernel = cached(args.spec) if args.cached_only else acquire(args.spec, printer=Printer())
     if kernel is None:
         raise KernelError(f"{args.spec}: not in the cache (run `klp-harness kernels fetch`)")
     rows = describe(kernel)
@@ -158,7 +165,7 @@ def _check_debian(entry: Path) -> Verdict:
 
 
 def _check_source(entry: Path) -> Verdict:
-    if not (entry / ".complete").is_file():
+    if not (entry / MARKER).is_file():
         return _incomplete(entry, "an interrupted build; the next one resumes it")
     problem = check_build(entry)
     return Verdict(entry.name, f"damaged: {problem}" if problem else "ok", not problem)
@@ -204,7 +211,7 @@ def verify_spec(text: str) -> list[Verdict]:
         if kernel is None:
             raise KernelError(f"{spec.text}: not in the cache")
         return [_check_source(kernel.kallsyms.parent), *_sweep()]
-    res = _load_resolution(spec)
+    res = load_resolution(spec)
     if res is None or not res.entry.is_dir():
         raise KernelError(f"{spec.text}: not in the cache")
     return [_check_debian(res.entry), *_sweep()]

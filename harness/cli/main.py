@@ -1,4 +1,9 @@
-"""`klp-harness`: a thin argparse layer; each sub-command lives in its own cli_*.py module."""
+"""`klp-harness`: a thin argparse layer; each sub-command lives in its own harness/cli module.
+
+Start-up is part of every `convert` run (a build converts many modules), so this module
+imports only what every command needs: the chosen command's module is imported by name, and
+the cache layer only when --cache-dir is given.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ import sys
 from pathlib import Path
 
 from harness import __version__
-from harness.cache import set_cache_root
 from harness.errors import HarnessError
 from harness.fileio import printable_lines
 
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.cache_dir is not None:
+        from harness.cache import set_cache_root
+
         set_cache_root(args.cache_dir)
     try:
         return int(args.func(args))

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from harness.console import Printer
 from harness.errors import UsageError
-from harness.fileio import printable
+from harness.fileio import atomic_write_text, printable
+from harness.report.model import build
+from harness.report.render import FORMATS, Format, headline, render
 
 # Exit statuses besides the common ones (2 usage, 3 unreadable file, 25 malformed results).
 OK, FAILED = 0, 1
-SUFFIXES = {
+FailOn = Literal["regression", "failure", "never"]
+SUFFIXES: dict[str, Format] = {
     ".md": "md",
     ".markdown": "md",
     ".html": "html",
@@ -49,7 +53,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("md", "html", "junit", "json"),
+        choices=FORMATS,
         help="output format (default: from -o's suffix, else md)",
     )
     parser.add_argument(
@@ -61,32 +65,30 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--fail-on",
-        choices=("regression", "failure", "never"),
+        choices=get_args(FailOn),
         default="regression",
         help="exit 1 on a regression (default), on any failing cell, or never",
     )
     parser.set_defaults(func=run)
 
 
-def output_format(args: argparse.Namespace) -> str:
+def output_format(args: argparse.Namespace) -> Format:
     if args.format:
-        return str(args.format)
+        fmt: Format = args.format  # one of FORMATS: argparse checked it
+        return fmt
     if args.output is not None:
-        fmt = SUFFIXES.get(args.output.suffix.lower())
-        if fmt is None:
+        by_suffix = SUFFIXES.get(args.output.suffix.lower())
+        if by_suffix is None:
             raise UsageError(
                 f"{printable(args.output)}: cannot tell the format from the suffix; "
                 "give --format md|html|junit|json"
             )
-        return fmt
+        return by_suffix
     return "md"
 
 
-def run(args: argparse.Namespace) -> int:
-    from harness.fileio import atomic_write_text
-    from harness.report.model import build
-    from harness.report.render import headline, render
-
+def run(args: argparse.Namespace, printer: Printer | None = None) -> int:
+    printer = printer or Printer()
     fmt = output_format(args)
     report = build(args.results, args.baseline)
     text = render(report, fmt, args.output)
@@ -97,18 +99,15 @@ def run(args: argparse.Namespace) -> int:
         # a new path or a regular file is replaced atomically; /dev/stdout, /dev/null or a
         # FIFO is written through, never replaced by a regular file
         atomic_write_text(args.output, text)
-        print(f"klp-harness: {printable(headline(report))}", file=sys.stderr)
-        print(f"klp-harness: report written to {printable(args.output)}", file=sys.stderr)
+        printer.say(headline(report))
+        printer.say(f"report written to {args.output}")
     regressions, failures = report.regressions, report.failures
     for cell in regressions:
-        # names from the results files: escaped, they cannot draw lines of their own
-        print(
-            f"klp-harness: regression: {printable(cell.sample)} on {printable(cell.kernel)}: "
-            f"{printable(cell.outcome)}",
-            file=sys.stderr,
-        )
-    if args.fail_on == "regression" and regressions:
+        # names from the results files: the printer escapes them, no line of their own
+        printer.say(f"regression: {cell.sample} on {cell.kernel}: {cell.outcome}")
+    fail_on: FailOn = args.fail_on
+    if fail_on == "regression" and regressions:
         return FAILED
-    if args.fail_on == "failure" and failures:
+    if fail_on == "failure" and failures:
         return FAILED
     return OK

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from harness.console import Printer
 from harness.errors import UsageError
 from harness.suite.results import format_table
 from harness.suite.samples import all_samples, find_sample
@@ -56,8 +57,9 @@ def register(sub: Any) -> None:
         type=Path,
         default=Path("results"),
         metavar="DIR",
-        help="where results JSON and console logs go (default: ./results)",
+        help="where results JSON, console logs and step transcripts go (default: ./results)",
     )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.set_defaults(func=run)
 
 
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs takes a number >= 1")
     jobs = min(len(specs), args.jobs or default_jobs())
-    results = run_all(specs, samples, args.results, jobs=jobs)
+    results = run_all(specs, samples, args.results, printer=Printer(quiet=args.quiet), jobs=jobs)
     print(format_table(results))
     print(f"\nresults: {results.path}")
     return 0 if results.ok else 1

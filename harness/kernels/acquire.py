@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,15 @@ from harness.cache import (
     staged_dir,
     sweep_staging,
 )
+from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels import kallsyms
-from harness.kernels.apt import AptRoot, pdeathsig
+from harness.kernels.apt import AptRoot, pdeathsig, private_root
+from harness.kernels.apt import apt_root as apt_root  # for callers: bisect, ci/resolve.py
 from harness.kernels.kernel import Kernel
 from harness.kernels.local import local_kernel, local_store
-from harness.kernels.resolve import Pkg as Pkg
-from harness.kernels.resolve import Resolution as Resolution
-from harness.kernels.resolve import _apt_root as _apt_root
-from harness.kernels.resolve import _load_resolution, _resolution_file, _resolve_fresh
-from harness.kernels.resolve import apt_root as apt_root
-from harness.kernels.resolve import resolve as resolve
+from harness.kernels.resolve import Resolution, load_resolution, resolution_file, resolve_fresh
+from harness.kernels.resolve import resolve as resolve  # for callers: bisect, ci/resolve.py
 from harness.kernels.source_build import cached_source_kernel, source_kernel
 from harness.kernels.spec import Spec, parse_spec, resolve_name
 from harness.kernels.verify import (
@@ -37,23 +34,14 @@ from harness.kernels.verify import (
     DamagedEntry,
     deb_problem,
     debian_entry,
+    debian_kernel,
     debian_rels,
     digest,
     record,
     vmlinuz_problem,
 )
 
-RESOLUTION_MAX_AGE = MAX_AGE = 24 * 3600
-
-
-def _say(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(f"klp-harness: {msg}", file=sys.stderr, flush=True)
-
-
-def _warn(msg: str) -> None:
-    """A repair of the cache: said even under --quiet."""
-    print(f"klp-harness: {msg}", file=sys.stderr, flush=True)
+MAX_AGE = 24 * 3600  # a suite's resolution is redone after this long (an ABI's never)
 
 
 def _mib(size: int) -> str:
@@ -91,8 +79,8 @@ def _fix_headers(tree: Path, final_root: Path) -> None:
         raise KernelError(f"{tree}/scripts does not resolve: linux-kbuild package missing?")
 
 
-def _extract(deb: Path, root: Path, quiet: bool) -> None:
-    _say(f"extracting {deb.name}", quiet)
+def _extract(deb: Path, root: Path, printer: Printer) -> None:
+    printer.say(f"extracting {deb.name}")
     proc = subprocess.run(
         [*pdeathsig(), "dpkg-deb", "-x", str(deb), str(root)],
         stdin=subprocess.DEVNULL,
@@ -103,7 +91,7 @@ def _extract(deb: Path, root: Path, quiet: bool) -> None:
         raise KernelError(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()[-300:]}")
 
 
-def _fetch_debs(apt: AptRoot | None, res: Resolution, quiet: bool) -> Path:
+def _fetch_debs(apt: AptRoot | None, res: Resolution, printer: Printer) -> Path:
     """Every .deb of `res` in the cache and as apt recorded it (Size, SHA256): a damaged one
     is fetched again, saying so."""
     debs = cache_dir("debs")
@@ -113,19 +101,20 @@ def _fetch_debs(apt: AptRoot | None, res: Resolution, quiet: bool) -> Path:
         if path.is_file():
             if not (problem := deb_problem(path, p.size, p.sha256)):
                 continue
-            _warn(f"{p.deb}: cached file damaged ({problem}), fetching again")
+            printer.warn(f"{p.deb}: cached file damaged ({problem}), fetching again")
             path.unlink()
         missing.append(p)
     if not missing:
         return debs
-    apt = apt or _apt_root()
+    apt = apt or private_root()
     total = sum(p.size for p in missing)
-    _say(f"downloading {len(missing)} packages ({_mib(total)})", quiet)
-    if not sys.stderr.isatty():
+    printer.say(f"downloading {len(missing)} packages ({_mib(total)})")
+    if not printer.tty:  # a log names them; a terminal shows a progress bar
         for p in missing:
-            _say(f"  {p.name} {p.version} ({_mib(p.size)})", quiet)
+            printer.say(f"  {p.name} {p.version} ({_mib(p.size)})")
     with locked(apt.root / "lists"):  # apt-get reads the lists an update rewrites
-        apt.download([(p.name, p.version) for p in missing], debs, quiet)
+        wanted = [(p.name, p.version) for p in missing]
+        apt.download(wanted, debs, printer=printer, size=total)
     for p in missing:
         path = debs / p.deb
         if not path.is_file():
@@ -139,31 +128,31 @@ def _fetch_debs(apt: AptRoot | None, res: Resolution, quiet: bool) -> Path:
 _said: set[Path] = set()  # damaged entries already reported by this process
 
 
-def _sound(entry: Path) -> dict[str, Any] | None:
+def _sound(entry: Path, printer: Printer) -> dict[str, Any] | None:
     """The kernel.json of an installed entry that matches its manifest; a damaged one is
     said so (once) and is then installed again."""
     try:
         return debian_entry(entry)
     except DamagedEntry as err:
         if entry not in _said:
-            _warn(f"{entry}: cached kernel damaged ({err}), installing it again")
+            printer.warn(f"{entry}: cached kernel damaged ({err}), installing it again")
             _said.add(entry)
         return None
 
 
-def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> Kernel:
+def _install(apt: AptRoot | None, res: Resolution, spec: Spec, printer: Printer) -> Kernel:
     entry = res.entry
     with locked(entry):
-        if meta := _sound(entry):  # installed, or a concurrent run just repaired it
-            return _kernel(spec, entry, meta)
+        if meta := _sound(entry, printer):  # installed, or a concurrent run just repaired it
+            return Kernel.from_meta(spec.text, entry, debian_kernel(meta))
         for path, size in sweep_staging(entry):
-            _warn(f"removed {path}, left by an interrupted run ({_mib(size)})")
-        debs = _fetch_debs(apt, res, quiet)
+            printer.warn(f"removed {path}, left by an interrupted run ({_mib(size)})")
+        debs = _fetch_debs(apt, res, printer)
         with staged_dir(entry) as tmp:
             root = tmp / "root"
             root.mkdir()
             for p in res.packages:
-                _extract(debs / p.deb, root, quiet)
+                _extract(debs / p.deb, root, printer)
             paths = _paths(root, res.abi)
             if not paths["vmlinuz"].is_file():
                 names = ", ".join(p.name for p in res.packages)
@@ -172,9 +161,9 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> K
                 raise KernelError(f"{spec.text}: {problem}")
             headers = root / "usr/src" / f"linux-headers-{res.abi}"
             _fix_headers(headers, entry / "root")
-            _say(f"recovering the symbol table from {paths['vmlinuz'].name}", quiet)
+            printer.say(f"recovering the symbol table from {paths['vmlinuz'].name}")
             rec = kallsyms.recover(paths["vmlinuz"], tmp / "kallsyms")
-            _say(f"{rec.count} symbols in {rec.seconds:.1f} s", quiet)
+            printer.say(f"{rec.count} symbols in {rec.seconds:.1f} s")
             info: dict[str, Any] = {
                 "abi": res.abi,
                 "version": res.version,
@@ -191,24 +180,7 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, quiet: bool) -> K
     installed = debian_entry(entry)
     if installed is None:
         raise KernelError(f"{entry}: not installed after installing it")
-    return _kernel(spec, entry, installed)
-
-
-def _kernel(spec: Spec, entry: Path, meta: dict[str, Any]) -> Kernel:
-    headers = entry / meta["headers"]
-    return Kernel(
-        spec=spec.text,
-        name=f"debian-{meta['abi']}",
-        release=meta["abi"],
-        package_version=meta["version"],
-        vmlinuz=entry / meta["vmlinuz"],
-        modules_dir=entry / meta["modules_dir"],
-        config=entry / meta["config"],
-        headers=headers,
-        symvers=headers / "Module.symvers",
-        kallsyms=entry / "kallsyms",
-        packages=tuple(meta["packages"]),
-    )
+    return Kernel.from_meta(spec.text, entry, debian_kernel(installed))
 
 
 def cached(spec: str) -> Kernel | None:
@@ -216,10 +188,10 @@ def cached(spec: str) -> Kernel | None:
     A damaged entry is a KernelError saying how to repair it."""
     parsed = parse_spec(resolve_name(spec))
     if parsed.kind == "local":
-        return local_kernel(parsed, quiet=True)
+        return local_kernel(parsed, printer=Printer().silent())
     if parsed.kind == "source":
         return cached_source_kernel(parsed)
-    res = _load_resolution(parsed)
+    res = load_resolution(parsed)
     if res is None:
         return None
     try:
@@ -229,47 +201,48 @@ def cached(spec: str) -> Kernel | None:
             f"{parsed.text}: cached kernel {res.entry} damaged ({err}); "
             f"`klp-harness kernels fetch {parsed.text}` installs it again"
         ) from None
-    return _kernel(parsed, res.entry, meta) if meta else None
+    return Kernel.from_meta(parsed.text, res.entry, debian_kernel(meta)) if meta else None
 
 
-def acquire(spec: str, *, quiet: bool = False, refresh: bool = False) -> Kernel:
+def acquire(spec: str, *, printer: Printer | None = None, refresh: bool = False) -> Kernel:
     """Fetch (or find in the cache) the kernel `spec` names; see kernels/README.md.
     `refresh` drops what the cache holds for it first (entry and resolution)."""
+    printer = printer or Printer()
     parsed = parse_spec(resolve_name(spec))
     if parsed.kind == "source":
         if refresh:
-            _drop_source(parsed)
-        return source_kernel(parsed, quiet=quiet)
+            _drop_source(parsed, printer)
+        return source_kernel(parsed, printer=printer)
     if parsed.kind == "local":
         if refresh:
             store = local_store(parsed)
             with locked(store / "kallsyms"):
                 remove_tree(store)
-        return local_kernel(parsed, quiet)
-    res = _load_resolution(parsed)
+        return local_kernel(parsed, printer=printer)
+    res = load_resolution(parsed)
     if refresh:
-        _resolution_file(parsed).unlink(missing_ok=True)
+        resolution_file(parsed).unlink(missing_ok=True)
         if res is not None:
-            _drop(res.entry)
+            _drop(res.entry, printer)
         res = None
     if res is not None and (parsed.kind == "debian-abi" or time.time() - res.time < MAX_AGE):
-        meta = _sound(res.entry)
-        if meta is not None:
-            return _kernel(parsed, res.entry, meta)  # warm: no apt at all
-    apt, res = _resolve_fresh(parsed, quiet)
+        meta = _sound(res.entry, printer)
+        if meta is not None:  # warm: no apt at all
+            return Kernel.from_meta(parsed.text, res.entry, debian_kernel(meta))
+    apt, res = resolve_fresh(parsed, printer=printer)
     if refresh:
-        _drop(res.entry)
-    return _install(apt, res, parsed, quiet)
+        _drop(res.entry, printer)
+    return _install(apt, res, parsed, printer)
 
 
-def _drop(entry: Path) -> None:
+def _drop(entry: Path, printer: Printer) -> None:
     if entry.exists():
         with locked(entry):
             remove_tree(entry)
-        _warn(f"dropped {entry}")
+        printer.say(f"dropped {entry}")
 
 
-def _drop_source(spec: Spec) -> None:
+def _drop_source(spec: Spec, printer: Printer) -> None:
     if spec.path is not None:
         raise KernelError(
             f"{spec.text}: --refresh takes debian:, local: and source:X.Y: specs; for a tree "
@@ -280,4 +253,4 @@ def _drop_source(spec: Spec) -> None:
     except KernelError:  # damaged: source_kernel builds it again anyway
         return
     if kernel is not None:
-        _drop(kernel.kallsyms.parent)
+        _drop(kernel.kallsyms.parent, printer)

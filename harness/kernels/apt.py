@@ -7,18 +7,19 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.cache import atomic_write_text, hold_dir, sweep_owned
+from harness.cache import atomic_write_text, cache_dir, hold_dir, locked, sweep_owned, tree_size
+from harness.console import Printer
 from harness.errors import KernelError
-from harness.kernels.spec import RELEASES, all_suites
+from harness.kernels.mirrors import AptSource, Mirrors, find_mirrors, read_host_sources
+from harness.kernels.releases import all_suites
 
 LISTS_MAX_AGE = 24 * 3600
+PROGRESS_SECONDS = 0.5  # how often a download's progress is looked at
 DOWNLOAD_DIR = r"\.dl\.[a-z0-9_]{8}"  # apt-get download's temp dirs (mkdtemp's 8 characters)
 
 
@@ -26,134 +27,6 @@ def pdeathsig() -> list[str]:
     """An argv prefix that kills the child when the harness dies, even by SIGKILL (its own
     children, tar under dpkg-deb, finish within seconds; the next sweep takes what they left)."""
     return ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-
-
-@dataclass(frozen=True)
-class AptSource:
-    """One sources entry (a one-line `deb` line or a deb822 stanza)."""
-
-    uris: tuple[str, ...]
-    suites: tuple[str, ...]
-    components: tuple[str, ...]
-    types: tuple[str, ...] = ("deb",)
-    signed_by: str = ""
-    enabled: bool = True
-
-
-def parse_one_line(text: str) -> list[AptSource]:
-    """`deb [opt=val ...] URI SUITE COMPONENT...` lines of a sources.list."""
-    out = []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        options: dict[str, str] = {}
-        if m := re.match(r"^(\S+)\s+\[([^\]]*)\]\s*(.*)$", line):
-            kind, opts, rest = m.groups()
-            for opt in opts.split():
-                key, _, val = opt.partition("=")
-                options[key.lower()] = val
-            words = rest.split()
-        else:
-            kind, *words = line.split()
-        if kind not in ("deb", "deb-src") or len(words) < 2:
-            continue
-        out.append(
-            AptSource(
-                uris=(words[0],),
-                suites=(words[1],),
-                components=tuple(words[2:]),
-                types=(kind,),
-                signed_by=options.get("signed-by", ""),
-            )
-        )
-    return out
-
-
-def parse_deb822(text: str) -> list[AptSource]:
-    """Stanzas of a `.sources` file (Types, URIs, Suites, Components, Signed-By, Enabled)."""
-    out = []
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = ""
-        for raw in stanza.splitlines():
-            if raw.startswith("#"):
-                continue
-            if raw[:1] in (" ", "\t") and key:  # continuation (an inline keyring block)
-                fields[key] += "\n" + raw.strip()
-            elif ":" in raw:
-                key, _, val = raw.partition(":")
-                key = key.strip().lower()
-                fields[key] = val.strip()
-        if "uris" not in fields or "suites" not in fields:
-            continue
-        out.append(
-            AptSource(
-                uris=tuple(fields["uris"].split()),
-                suites=tuple(fields["suites"].split()),
-                components=tuple(fields.get("components", "").split()),
-                types=tuple(fields.get("types", "deb").split()),
-                signed_by=fields.get("signed-by", "").split("\n")[0].strip(),
-                enabled=fields.get("enabled", "yes").lower() not in ("no", "false", "0"),
-            )
-        )
-    return out
-
-
-def read_host_sources(etc: Path = Path("/etc/apt")) -> list[AptSource]:
-    """The host's sources: sources.list, sources.list.d/*.list and *.sources."""
-    sources: list[AptSource] = []
-    main = etc / "sources.list"
-    if main.is_file():
-        sources += parse_one_line(main.read_text(errors="replace"))
-    parts = etc / "sources.list.d"
-    if parts.is_dir():
-        for path in sorted(parts.iterdir()):
-            if path.suffix == ".list":
-                sources += parse_one_line(path.read_text(errors="replace"))
-            elif path.suffix == ".sources":
-                sources += parse_deb822(path.read_text(errors="replace"))
-    return [s for s in sources if s.enabled and "deb" in s.types]
-
-
-@dataclass(frozen=True)
-class Mirrors:
-    debian: AptSource
-    security: AptSource | None
-
-
-def _release_of(suite: str) -> str:
-    return suite.split("-", 1)[0].split("/", 1)[0]
-
-
-def find_mirrors(sources: Iterable[AptSource], where: str = "/etc/apt") -> Mirrors:
-    """The Debian mirror (suites name a Debian release) and the security mirror (`-security`)."""
-    debian = security = None
-    for src in sources:
-        releases = {_release_of(s) for s in src.suites}
-        if not releases & set(RELEASES):
-            continue
-        if any(s.endswith("-security") or "/updates" in s for s in src.suites):
-            security = security or src
-        else:
-            debian = debian or src
-    if debian is None:
-        raise KernelError(
-            f"no Debian mirror found in the host apt configuration ({where}/sources.list, "
-            f"{where}/sources.list.d): need an entry whose suites name a Debian release"
-        )
-    return Mirrors(debian, security)
-
-
-MIRROR_ENV = "KLP_HARNESS_MIRROR"
-
-
-def debian_mirror(etc: Path = Path("/etc/apt")) -> str:
-    """The main Debian mirror URI (for mmdebstrap): `$KLP_HARNESS_MIRROR`, else the host's."""
-    explicit = os.environ.get(MIRROR_ENV)
-    if explicit:
-        return explicit.rstrip("/")
-    return find_mirrors(read_host_sources(etc), str(etc)).debian.uris[0].rstrip("/")
 
 
 def private_sources(mirrors: Mirrors) -> str:
@@ -302,9 +175,8 @@ class AptRoot:
         stamp = self.lists / ".stamp"
         return time.time() - stamp.stat().st_mtime if stamp.is_file() else None
 
-    def update(self, quiet: bool = False) -> None:
-        if not quiet:
-            print("klp-harness: updating the private apt lists", file=sys.stderr)
+    def update(self, *, printer: Printer | None = None) -> None:
+        (printer or Printer()).say("updating the private apt lists")
         proc = subprocess.run(
             ["apt-get", *self.options(), "-q", "update"],
             stdin=subprocess.DEVNULL,
@@ -324,19 +196,18 @@ class AptRoot:
             )
         (self.lists / ".stamp").touch()
 
-    def ensure_fresh(self, quiet: bool = False) -> None:
+    def ensure_fresh(self, *, printer: Printer | None = None) -> None:
         """Update when the lists are missing or older than a day; stale lists beat none."""
+        printer = printer or Printer()
         age = self.lists_age()
         if age is not None and age <= LISTS_MAX_AGE:
             return
         try:
-            self.update(quiet)
+            self.update(printer=printer)
         except KernelError as err:
             if age is None:
                 raise
-            print(
-                f"klp-harness: warning: {err}; using lists {age / 3600:.0f} h old", file=sys.stderr
-            )
+            printer.warn(f"{err}; using lists {age / 3600:.0f} h old")
 
     def show(self, package: str, pins: dict[str, int] | None = None) -> dict[str, str] | None:
         """The control record of `package` (`name` = apt's candidate, `name=version` exact)."""
@@ -354,51 +225,84 @@ class AptRoot:
         records = parse_control(proc.stdout)
         return records[0] if records else None
 
-    def download(self, wanted: list[tuple[str, str]], dest: Path, quiet: bool = False) -> None:
-        """`apt-get download name=version...` into `dest`, through a temp dir (no partial .deb).
+    def download(
+        self,
+        wanted: list[tuple[str, str]],
+        dest: Path,
+        *,
+        printer: Printer | None = None,
+        size: int = 0,
+    ) -> None:
+        """`apt-get download name=version...` into `dest`, through a temp dir (no partial .deb);
+        with the expected `size` in bytes, its progress goes to `printer`.
 
         The caller holds the lists lock, which serialises downloads: the temp dirs of killed
         runs (their flock is free) are swept first."""
+        printer = printer or Printer()
         dest.mkdir(parents=True, exist_ok=True)
-        for path, size in sweep_owned(dest, DOWNLOAD_DIR):
-            print(f"klp-harness: removed {path} ({size >> 20} MiB), left by a killed run",
-                  file=sys.stderr)  # fmt: skip
-        tty = sys.stderr.isatty() and not quiet
-        tmp = tempfile.mkdtemp(dir=dest, prefix=".dl.")
-        owner = hold_dir(Path(tmp))
+        for path, swept in sweep_owned(dest, DOWNLOAD_DIR):
+            printer.warn(f"removed {path} ({swept >> 20} MiB), left by a killed run")
+        tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".dl."))
+        owner = hold_dir(tmp)
         try:
-            proc = subprocess.run(
-                [
-                    *pdeathsig(),
-                    "apt-get",
-                    *self.options(),
-                    *([] if tty else ["-q"]),
-                    "download",
-                    *(f"{n}={v}" for n, v in wanted),
-                ],
+            argv = [*pdeathsig(), "apt-get", *self.options(), "-q", "download"]
+            proc = subprocess.Popen(
+                [*argv, *(f"{n}={v}" for n, v in wanted)],
                 cwd=tmp,
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                stdout=sys.stderr if tty else subprocess.PIPE,
-                stderr=None if tty else subprocess.PIPE,
             )
+            try:
+                out, err = _wait_downloading(proc, tmp, size, printer)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
             if proc.returncode != 0:
-                lines = [
-                    ln
-                    for ln in f"{proc.stdout or ''}\n{proc.stderr or ''}".splitlines()
-                    if ln.startswith(("E:", "Err:"))
-                ]
+                lines = [ln for ln in f"{out}\n{err}".splitlines() if ln.startswith(("E:", "Err:"))]
                 raise KernelError(
                     "download failed: "
                     + (lines[-1] if lines else f"apt-get download exited {proc.returncode}")
                 )
-            for deb in Path(tmp).glob("*.deb"):
+            for deb in tmp.glob("*.deb"):
                 shutil.move(str(deb), dest / deb.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             os.close(owner)
 
 
-def deb_filename(name: str, version: str, arch: str) -> str:
-    """The file name `apt-get download` gives a package (the epoch colon is escaped)."""
-    return f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+def _wait_downloading(
+    proc: subprocess.Popen[str], tmp: Path, size: int, printer: Printer
+) -> tuple[str, str]:
+    """apt-get's (stdout, stderr) when it ends; meanwhile the bytes in `tmp` against `size`
+    (a bar on a terminal, a few lines in a log)."""
+    done = 0
+    while True:
+        try:
+            out, err = proc.communicate(timeout=PROGRESS_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            if size:
+                done = min(tree_size(tmp), size)
+                printer.progress("downloading", done, size)
+    if size and proc.returncode == 0 and done < size:
+        printer.progress("downloading", size, size)
+    return out, err
+
+
+def private_root() -> AptRoot:
+    """The private apt root under the cache, set up (its lists as they are)."""
+    apt = AptRoot(cache_dir("apt"), find_mirrors(read_host_sources()))
+    with locked(apt.root / "lists"):
+        apt.setup()
+    return apt
+
+
+def apt_root(*, printer: Printer | None = None) -> AptRoot:
+    """The private apt root, set up and with fresh lists (for look-ups beyond acquire)."""
+    apt = private_root()
+    with locked(apt.root / "lists"):
+        apt.ensure_fresh(printer=printer)
+    return apt

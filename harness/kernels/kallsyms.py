@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ from pathlib import Path
 
 from harness.cache import atomic_write_text
 from harness.errors import KernelError
+from harness.klp.symbols import KallsymsLine, kallsyms_lines
+from harness.paths import python_tool
 
 TOOL = "kallsyms-finder"
 # kallsyms-finder prints the table on stdout already as /proc/kallsyms does; logs go to stderr.
@@ -38,12 +39,13 @@ def is_placeholder_system_map(path: Path) -> bool:
 def recover(vmlinuz: Path, out: Path, timeout: float = 600) -> Recovered:
     """Run kallsyms-finder on `vmlinuz`, write `out` as `<16-hex> <type> <name>` lines in
     the kernel's kallsyms order. Raises KernelError on any failure."""
-    if shutil.which(TOOL) is None:
+    tool = python_tool(TOOL)
+    if tool is None:
         raise KernelError(f"{TOOL} not found on PATH (install the vmlinux-to-elf package)")
     start = time.monotonic()
     try:
         proc = subprocess.run(
-            [TOOL, str(vmlinuz)],
+            [tool, str(vmlinuz)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -71,11 +73,6 @@ def count(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
-def read(path: Path) -> list[tuple[int, str, str]]:
-    """(address, type, name) in file order."""
-    out = []
-    with open(path, errors="replace") as handle:
-        for line in handle:
-            addr, kind, name = line.split(maxsplit=2)
-            out.append((int(addr, 16), kind, name.strip()))
-    return out
+def read(path: Path) -> list[KallsymsLine]:
+    """The recovered table's symbols in file order (SymbolFileError on a malformed line)."""
+    return list(kallsyms_lines(path.read_text(errors="replace"), str(path)))

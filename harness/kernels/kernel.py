@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from harness.errors import KernelError
 
@@ -12,19 +13,41 @@ _CONFIG_LINE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _CONFIG_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 
+def parse_config(text: str) -> dict[str, str]:
+    """A kernel .config (or a config fragment) as {"CONFIG_X": "y"|"m"|"n"|value}: quotes
+    around a string are dropped, `# CONFIG_X is not set` maps to "n", later lines win."""
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if m := _CONFIG_LINE.match(line):
+            value = m.group(2)
+            quoted = len(value) >= 2 and value[0] == value[-1] == '"'
+            values[m.group(1)] = value[1:-1] if quoted else value
+        elif m := _CONFIG_UNSET.match(line):
+            values[m.group(1)] = "n"
+    return values
+
+
 def read_config(path: Path) -> dict[str, str]:
-    """A kernel .config as {"CONFIG_X": "y"|"m"|"n"|value}; unset options map to "n"."""
+    """`parse_config` of a file; a KernelError when it cannot be read."""
     try:
         text = path.read_text(errors="replace")
     except OSError as err:
         raise KernelError(f"{path}: cannot read kernel config: {err.strerror}") from None
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if m := _CONFIG_LINE.match(line):
-            values[m.group(1)] = m.group(2).strip('"') if m.group(2).startswith('"') else m.group(2)
-        elif m := _CONFIG_UNSET.match(line):
-            values[m.group(1)] = "n"
-    return values
+    return parse_config(text)
+
+
+class KernelMeta(TypedDict):
+    """What a cache entry records of its kernel; paths relative to the entry (or absolute)."""
+
+    name: str
+    release: str
+    package_version: str
+    packages: list[str]
+    vmlinuz: str
+    modules_dir: str
+    config: str
+    headers: str
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,25 @@ class Kernel:
     kallsyms: Path  # the symbol table recovered from vmlinuz, /proc/kallsyms format, kallsyms order
     packages: tuple[str, ...] = ()  # "name=version" of every package it came from
     _config: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_meta(cls, spec: str, entry: Path, meta: KernelMeta) -> Kernel:
+        """The kernel a cache entry holds: Module.symvers in the headers tree, the recovered
+        symbol table beside the metadata (`entry/kallsyms`)."""
+        headers = entry / meta["headers"]
+        return cls(
+            spec=spec,
+            name=meta["name"],
+            release=meta["release"],
+            package_version=meta["package_version"],
+            vmlinuz=entry / meta["vmlinuz"],
+            modules_dir=entry / meta["modules_dir"],
+            config=entry / meta["config"],
+            headers=headers,
+            symvers=headers / "Module.symvers",
+            kallsyms=entry / "kallsyms",
+            packages=tuple(meta["packages"]),
+        )
 
     @property
     def version(self) -> tuple[int, int, int]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import sys
 from pathlib import Path
 
-from harness.cache import atomic_write_text, cache_dir, locked
+from harness.cache import atomic_write_text, cache_dir, cache_key, locked
+from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels import kallsyms
-from harness.kernels.kernel import Kernel
+from harness.kernels.kernel import Kernel, KernelMeta
 from harness.kernels.spec import Spec
 from harness.kernels.verify import vmlinuz_problem
 
@@ -17,10 +16,12 @@ from harness.kernels.verify import vmlinuz_problem
 def local_store(spec: Spec) -> Path:
     """Where the recovered table of a local tree is kept."""
     assert spec.path is not None
-    return cache_dir("local", re.sub(r"[^A-Za-z0-9._-]", "_", f"{spec.path}".strip("/"))[-80:])
+    return cache_dir("local", cache_key(str(spec.path).strip("/")[-80:]))
 
 
-def local_kernel(spec: Spec, quiet: bool) -> Kernel:
+def local_kernel(spec: Spec, *, printer: Printer | None = None) -> Kernel:
+    """The kernel of a built tree, its symbol table recovered (again when bzImage changed)."""
+    printer = printer or Printer()
     tree = spec.path
     assert tree is not None
     need = {
@@ -44,26 +45,21 @@ def local_kernel(spec: Spec, quiet: bool) -> Kernel:
     want = f"{st.st_size} {st.st_mtime_ns}"
     with locked(table):
         if not (table.is_file() and stamp.is_file() and stamp.read_text() == want):
-            if not quiet:
-                print(f"klp-harness: recovering the symbol table from {need['bzImage']}",
-                      file=sys.stderr, flush=True)  # fmt: skip
+            printer.say(f"recovering the symbol table from {need['bzImage']}")
             rec = kallsyms.recover(need["bzImage"], table)
-            if not quiet:
-                print(f"klp-harness: {rec.count} symbols in {rec.seconds:.1f} s",
-                      file=sys.stderr, flush=True)  # fmt: skip
+            printer.say(f"{rec.count} symbols in {rec.seconds:.1f} s")
             atomic_write_text(stamp, want)
     installed = tree / "lib/modules" / release  # `make modules_install INSTALL_MOD_PATH=<tree>`
     modules = installed if installed.is_dir() else store / "modules" / release
     modules.mkdir(parents=True, exist_ok=True)
-    return Kernel(
-        spec=spec.text,
+    meta = KernelMeta(
         name=f"local-{release}",
         release=release,
         package_version="local",
-        vmlinuz=need["bzImage"],
-        modules_dir=modules,
-        config=need["config"],
-        headers=tree,
-        symvers=need["Module.symvers"],
-        kallsyms=table,
+        packages=[],
+        vmlinuz=str(need["bzImage"]),
+        modules_dir=str(modules),
+        config=str(need["config"]),
+        headers=str(tree),
     )
+    return Kernel.from_meta(spec.text, store, meta)

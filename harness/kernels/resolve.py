@@ -9,10 +9,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.cache import atomic_write_text, cache_dir, locked
+from harness.cache import atomic_write_text, cache_dir, cache_key, locked
+from harness.console import Printer
 from harness.errors import KernelError
-from harness.kernels.apt import AptRoot, find_mirrors, parse_depends, read_host_sources
-from harness.kernels.spec import _ABI, Spec, parse_spec
+from harness.kernels.apt import AptRoot, parse_depends, private_root
+from harness.kernels.spec import Spec, is_abi, parse_spec
 
 _HEADERS_DEP = re.compile(r"^linux-(headers|kbuild)-")
 _SIGNED = re.compile(r"^linux-(image|binary)-.*(?<!-unsigned)$")
@@ -26,8 +27,21 @@ class Pkg:
     size: int
     sha256: str = ""  # as apt's Packages index records it
 
+    @classmethod
+    def from_record(cls, rec: dict[str, str]) -> Pkg:
+        """The package an `apt-cache show` record describes."""
+        size = rec.get("Size", "")
+        return cls(
+            rec["Package"],
+            rec["Version"],
+            rec.get("Architecture", "amd64"),
+            int(size) if size.isdigit() else 0,
+            rec.get("SHA256", ""),
+        )
+
     @property
     def deb(self) -> str:
+        """The file name `apt-get download` gives it (the epoch colon escaped)."""
         return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
 
 
@@ -40,25 +54,20 @@ class Resolution:
 
     @property
     def entry(self) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9.+~_-]", "_", self.version)
-        return cache_dir("kernels") / f"debian-{self.abi}_{safe}"
-
-
-def _record(apt: AptRoot, ref: str, pins: dict[str, int] | None) -> dict[str, str] | None:
-    return apt.show(ref, pins)
+        return cache_dir("kernels") / f"debian-{self.abi}_{cache_key(self.version)}"
 
 
 def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
     pins = spec.suite_priorities() or None
     if spec.kind == "debian-suite":
         meta_name = f"linux-image-{spec.flavour}"
-        meta = _record(apt, meta_name, pins)
+        meta = apt.show(meta_name, pins)
         if meta is None:
             raise KernelError(f"{spec.text}: no {meta_name} in {spec.suite}")
         image_deps = [
             d
             for d in parse_depends(meta.get("Depends", ""))
-            if d.name.startswith("linux-image-") and _ABI.match(d.name[12:])
+            if d.name.startswith("linux-image-") and is_abi(d.name[12:])
         ]
         if not image_deps:
             raise KernelError(
@@ -69,7 +78,7 @@ def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
     else:
         abi, version = spec.abi, ""
     image_ref = f"linux-image-{abi}" + (f"={version}" if version else "")
-    image = _record(apt, image_ref, pins)
+    image = apt.show(image_ref, pins)
     if image is None:
         raise KernelError(
             f"{spec.text}: no such ABI: package linux-image-{abi} is in no suite of the mirror"
@@ -82,19 +91,13 @@ def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
             return
         rec = None
         if _SIGNED.match(name):  # the -unsigned twin holds the same files, unsigned
-            rec = _record(apt, f"{name}-unsigned={want}", None)
-        rec = rec or _record(apt, f"{name}={want}", None) or _record(apt, name, pins)
+            rec = apt.show(f"{name}-unsigned={want}", None)
+        rec = rec or apt.show(f"{name}={want}", None) or apt.show(name, pins)
         if rec is None:
             raise KernelError(
                 f"{spec.text}: package {name} (needed by linux-image-{abi}) not found on the mirror"
             )
-        found[rec["Package"]] = Pkg(
-            rec["Package"],
-            rec["Version"],
-            rec.get("Architecture", "amd64"),
-            int(rec.get("Size", "0")) if rec.get("Size", "").isdigit() else 0,
-            rec.get("SHA256", ""),
-        )
+        found[rec["Package"]] = Pkg.from_record(rec)
         for dep in parse_depends(rec.get("Depends", "")):
             if abi in dep.name or (follow is not None and follow.match(dep.name)):
                 # `=` pins the exact build; otherwise the same source version when it exists
@@ -105,14 +108,15 @@ def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
     return Resolution(abi, version, tuple(found.values()), time.time())
 
 
-def _resolution_file(spec: Spec) -> Path:
-    return cache_dir("resolved") / (re.sub(r"[^A-Za-z0-9.+~_-]", "_", spec.text) + ".json")
+def resolution_file(spec: Spec) -> Path:
+    """Where what `spec` resolved to last is kept."""
+    return cache_dir("resolved") / f"{cache_key(spec.text)}.json"
 
 
-def _load_resolution(spec: Spec) -> Resolution | None:
-    """The saved resolution; None when absent or not what `_save_resolution` writes."""
+def load_resolution(spec: Spec) -> Resolution | None:
+    """The saved resolution; None when absent or not what `save_resolution` writes."""
     try:
-        data = json.loads(_resolution_file(spec).read_text())
+        data = json.loads(resolution_file(spec).read_text())
         pkgs = tuple(Pkg(**p) for p in data["packages"])
         res = Resolution(data["abi"], data["version"], pkgs, float(data["time"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -125,40 +129,27 @@ def _load_resolution(spec: Spec) -> Resolution | None:
     return res
 
 
-def _save_resolution(spec: Spec, res: Resolution) -> None:
-    atomic_write_text(_resolution_file(spec), json.dumps(asdict(res), indent=1))
+def save_resolution(spec: Spec, res: Resolution) -> None:
+    atomic_write_text(resolution_file(spec), json.dumps(asdict(res), indent=1))
 
 
-def _apt_root() -> AptRoot:
-    apt = AptRoot(cache_dir("apt"), find_mirrors(read_host_sources()))
-    with locked(apt.root / "lists"):
-        apt.setup()
-    return apt
-
-
-def apt_root() -> AptRoot:
-    """The private apt root, set up and with fresh lists (for look-ups beyond acquire)."""
-    apt = _apt_root()
-    with locked(apt.root / "lists"):
-        apt.ensure_fresh(quiet=True)
-    return apt
-
-
-def resolve(spec_text: str) -> Resolution:
+def resolve(spec_text: str, *, printer: Printer | None = None) -> Resolution:
     """What a spec names now (ABI, version, packages), without downloading anything."""
-    return _resolve_fresh(parse_spec(spec_text), quiet=True)[1]
+    return resolve_fresh(parse_spec(spec_text), printer=printer)[1]
 
 
-def _resolve_fresh(spec: Spec, quiet: bool) -> tuple[AptRoot, Resolution]:
-    apt = _apt_root()
+def resolve_fresh(spec: Spec, *, printer: Printer | None = None) -> tuple[AptRoot, Resolution]:
+    """Resolve `spec` through the private apt root (its lists made fresh first) and save it."""
+    printer = printer or Printer()
+    apt = private_root()
     with locked(apt.root / "lists"):  # concurrent runs: one updates, the others wait
-        apt.ensure_fresh(quiet)
+        apt.ensure_fresh(printer=printer)
         try:
             res = _resolve(apt, spec)
         except KernelError:
             if apt.updated:
                 raise
-            apt.update(quiet)  # a stale list may lack what the mirror has now: retry once
+            apt.update(printer=printer)  # a stale list may lack what the mirror has now: retry
             res = _resolve(apt, spec)
-    _save_resolution(spec, res)
+    save_resolution(spec, res)
     return apt, res

@@ -8,52 +8,26 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cache import atomic_write_text, cache_dir, locked, staged_dir
+from harness.cache import atomic_write_text, cache_dir, cache_key, locked, staged_dir
+from harness.console import Printer
 from harness.errors import KernelError
+from harness.kernels.apt import private_root
 from harness.kernels.kernel import read_config
-from harness.paths import CONFIGS_DIR
+from harness.kernels.resolve import Pkg
 
-BASE = "base"
-_SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
-_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
-
-
-def say(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(f"klp-harness: {msg}", file=sys.stderr, flush=True)
-
-
-# -- fragments -----------------------------------------------------------------------------------
-
-
-def fragment_paths(config: str, configs_dir: Path = CONFIGS_DIR) -> list[Path]:
-    """base.config then <config>.config; a KernelError lists the known configs."""
-    paths = [configs_dir / f"{BASE}.config", configs_dir / f"{config}.config"]
-    if config == BASE or not paths[1].is_file():
-        known = sorted(p.stem for p in configs_dir.glob("*.config") if p.stem != BASE)
-        raise KernelError(f"no config {config!r} in {configs_dir} (known: {', '.join(known)})")
-    if not paths[0].is_file():
-        raise KernelError(f"{paths[0]}: base config fragment missing")
-    return paths
+# -- fragments (which ones a config means: spec.fragment_paths) ------------------------------------
 
 
 def requested(paths: Sequence[Path]) -> dict[str, str]:
     """The options the fragments ask for, later fragments winning; "n" for =n and "is not set"."""
     want: dict[str, str] = {}
     for path in paths:
-        for raw in path.read_text().splitlines():
-            line = raw.strip()
-            if m := _SET.match(line):
-                value = m.group(2)
-                want[m.group(1)] = value[1:-1] if value.startswith('"') else value
-            elif m := _UNSET.match(line):
-                want[m.group(1)] = "n"
+        want.update(read_config(path))
     return want
 
 
@@ -219,9 +193,15 @@ def error_tail(log: Path, lines: int = 12) -> str:
 
 
 def configure(
-    tree: Path, objdir: Path, fragments: Sequence[Path], log: Path, quiet: bool = True
+    tree: Path,
+    objdir: Path,
+    fragments: Sequence[Path],
+    log: Path,
+    *,
+    printer: Printer | None = None,
 ) -> dict[str, str]:
     """tinyconfig, merge the fragments, olddefconfig, then check every requested option."""
+    printer = printer or Printer()
     objdir.mkdir(parents=True, exist_ok=True)
     make = ["make", "-C", str(tree), f"O={objdir}"]
     run_logged([*make, "tinyconfig"], log)
@@ -234,7 +214,7 @@ def configure(
     with open(log, "a") as handle:
         handle.writelines(f"# klp-harness: warning: {line}\n" for line in ignored)
     for line in ignored:
-        say(f"warning: {line}", quiet)
+        printer.warn(line)
     if lost:
         raise KernelError(
             f"{len(lost)} requested option(s) did not survive olddefconfig "
@@ -252,13 +232,18 @@ class SourceTree:
     package: str  # "linux-source-6.1"
     version: str  # "6.1.192-2"; "" for a user's tree
 
+    @property
+    def pinned(self) -> str:
+        """The package it came from as apt names one version: linux-source-6.1=6.1.192-2."""
+        return f"{self.package}={self.version}"
+
 
 def _resolution(xy: str) -> Path:
     return cache_dir("resolved") / f"source-{xy}.json"
 
 
 def _tree_dir(package: str, version: str) -> Path:
-    return cache_dir("sources") / f"{package}_{re.sub(r'[^A-Za-z0-9.+~_-]', '_', version)}"
+    return cache_dir("sources") / f"{package}_{cache_key(version)}"
 
 
 def cached_source(xy: str) -> SourceTree | None:
@@ -272,10 +257,11 @@ def cached_source(xy: str) -> SourceTree | None:
     return SourceTree(tree, package, version) if tree.is_dir() else None
 
 
-def fetch_source(xy: str, quiet: bool = False, max_age: float = 24 * 3600) -> SourceTree:
+def fetch_source(
+    xy: str, *, printer: Printer | None = None, max_age: float = 24 * 3600
+) -> SourceTree:
     """The newest linux-source-X.Y of any reachable suite, unpacked (cached)."""
-    from harness.kernels.acquire import _apt_root  # the private apt root; import cycle otherwise
-
+    printer = printer or Printer()
     package = f"linux-source-{xy}"
     try:
         known = json.loads(_resolution(xy).read_text())
@@ -284,22 +270,23 @@ def fetch_source(xy: str, quiet: bool = False, max_age: float = 24 * 3600) -> So
             return SourceTree(tree, package, known["version"])
     except (OSError, ValueError, KeyError):
         pass
-    apt = _apt_root()
+    apt = private_root()
     with locked(apt.root / "lists"):
-        apt.ensure_fresh(quiet)
+        apt.ensure_fresh(printer=printer)
         rec = apt.show(package)
         if rec is None:
             raise KernelError(f"source:{xy}: no package {package} in any suite of the mirror")
-        version = rec["Version"]
-        deb = cache_dir("debs") / f"{package}_{version.replace(':', '%3a')}_all.deb"
+        pkg = Pkg.from_record(rec)
+        version = pkg.version
+        deb = cache_dir("debs") / pkg.deb
         if not deb.is_file():
-            say(f"downloading {package} {version} ({int(rec.get('Size', 0)) >> 20} MiB)", quiet)
-            apt.download([(package, version)], deb.parent, quiet)
+            printer.say(f"downloading {package} {version} ({pkg.size >> 20} MiB)")
+            apt.download([(package, version)], deb.parent, printer=printer, size=pkg.size)
     entry = _tree_dir(package, version)
     with locked(entry):
         if not (entry / package).is_dir():
             with staged_dir(entry) as tmp:
-                say(f"unpacking {deb.name}", quiet)
+                printer.say(f"unpacking {deb.name}")
                 subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "deb")], check=True)
                 tarball = tmp / "deb/usr/src" / f"{package}.tar.xz"
                 subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp)], check=True)

@@ -16,26 +16,25 @@ import time
 from pathlib import Path
 
 from harness.cache import atomic_write_text, cache_dir, locked
+from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels import kallsyms
-from harness.kernels.kernel import Kernel
+from harness.kernels.kernel import Kernel, KernelMeta
 from harness.kernels.source import (
     SourceTree,
     cached_source,
     configure,
     error_tail,
     fetch_source,
-    fragment_paths,
     fragments_hash,
     run_logged,
-    say,
     user_tree,
 )
-from harness.kernels.spec import Spec
-from harness.kernels.verify import DamagedEntry, read_meta, vmlinuz_problem
+from harness.kernels.spec import Spec, fragment_paths
+from harness.kernels.verify import MARKER, DamagedEntry, read_meta, vmlinuz_problem
 
 RECIPE = "1"  # bump when the build steps change: every source kernel is rebuilt
-MARKER = ".complete"
+BZIMAGE = "obj/arch/x86/boot/bzImage"  # in the entry
 JOBS = int(os.environ.get("KLP_HARNESS_BUILD_JOBS", "2"))
 PROGRESS_SECONDS = 60.0
 
@@ -52,7 +51,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _build(objdir: Path, log: Path, label: str, quiet: bool) -> float:
+def _build(objdir: Path, log: Path, label: str, printer: Printer) -> float:
     """`nice make -jN bzImage modules` with a progress line a minute; seconds taken."""
     argv = ["nice", "-n", "10", "make", f"-j{JOBS}", "-C", str(objdir), "bzImage", "modules"]
     start = time.monotonic()
@@ -68,7 +67,7 @@ def _build(objdir: Path, log: Path, label: str, quiet: bool) -> float:
             except subprocess.TimeoutExpired:
                 objects = log.read_text(errors="replace").count("  CC  ")
                 minutes = (time.monotonic() - start) / 60
-                say(f"still building {label} ({minutes:.0f} min, {objects} objects)", quiet)
+                printer.say(f"still building {label} ({minutes:.0f} min, {objects} objects)")
             except BaseException:
                 proc.kill()
                 raise
@@ -83,9 +82,9 @@ def check_system_map(table: Path, system_map: Path) -> list[str]:
     the table has for that name count (without KALLSYMS_ALL kallsyms holds no data)."""
     ours: collections.Counter[str] = collections.Counter()
     kinds: dict[str, set[str]] = collections.defaultdict(set)
-    for _, kind, name in kallsyms.read(table):
-        ours[name] += 1
-        kinds[name].add(kind.lower())
+    for symbol in kallsyms.read(table):
+        ours[symbol.name] += 1
+        kinds[symbol.name].add(symbol.type.lower())
     theirs: collections.Counter[str] = collections.Counter()
     with open(system_map, errors="replace") as handle:
         for line in handle:
@@ -95,15 +94,15 @@ def check_system_map(table: Path, system_map: Path) -> list[str]:
     return sorted(n for n, c in ours.items() if c > 1 and theirs[n] != c)
 
 
-def _tree_and_label(spec: Spec, quiet: bool) -> tuple[SourceTree, str, str]:
+def _tree_and_label(spec: Spec, printer: Printer) -> tuple[SourceTree, str, str]:
     """(tree, short version for the name, source version for the cache key)."""
     if spec.path is not None:
         tree = user_tree(spec.path)
         version = _make_output(["make", "-s", "-C", str(tree.path), "kernelversion"])
         where = hashlib.sha256(str(spec.path).encode()).hexdigest()[:6]
         return tree, f"{version}-{where}", f"{spec.path}@{version}"
-    tree = fetch_source(spec.ref, quiet)
-    return tree, spec.ref, f"{tree.package}={tree.version}"
+    tree = fetch_source(spec.ref, printer=printer)
+    return tree, spec.ref, tree.pinned
 
 
 _META_KEYS: dict[str, type] = {
@@ -114,49 +113,56 @@ _META_KEYS: dict[str, type] = {
 }
 
 
-def _entry_kernel(spec: Spec, entry: Path) -> Kernel:
-    """The kernel of a finished build; DamagedEntry when its kernel.json or files are not
-    what the build left."""
+def _entry_meta(entry: Path) -> KernelMeta:
+    """The kernel of a finished build (the tree built in obj/, modules installed in modroot/);
+    DamagedEntry when its kernel.json or files are not what the build left."""
     meta = read_meta(entry, _META_KEYS)
-    if "/" in meta["release"] or meta["release"] in ("", ".", ".."):
-        raise DamagedEntry(f"kernel.json: bad 'release' {meta['release']!r}")
-    objdir = entry / "obj"
-    for need in (objdir / ".config", objdir / "Module.symvers", entry / "kallsyms"):
-        if not need.is_file():
-            raise DamagedEntry(f"{need.relative_to(entry)}: missing")
-    if problem := vmlinuz_problem(objdir / "arch/x86/boot/bzImage"):
+    release = meta["release"]
+    if "/" in release or release in ("", ".", ".."):
+        raise DamagedEntry(f"kernel.json: bad 'release' {release!r}")
+    for need in ("obj/.config", "obj/Module.symvers", "kallsyms"):
+        if not (entry / need).is_file():
+            raise DamagedEntry(f"{need}: missing")
+    if problem := vmlinuz_problem(entry / BZIMAGE):
         raise DamagedEntry(problem)
-    return Kernel(
-        spec=spec.text,
+    return KernelMeta(
         name=meta["name"],
-        release=meta["release"],
+        release=release,
         package_version=meta["package_version"],
-        vmlinuz=objdir / "arch/x86/boot/bzImage",
-        modules_dir=entry / "modroot/lib/modules" / meta["release"],
-        config=objdir / ".config",
-        headers=objdir,
-        symvers=objdir / "Module.symvers",
-        kallsyms=entry / "kallsyms",
-        packages=tuple(meta["packages"]),
+        packages=meta["packages"],
+        vmlinuz=BZIMAGE,
+        modules_dir=f"modroot/lib/modules/{release}",
+        config="obj/.config",
+        headers="obj",
     )
+
+
+def _entry_kernel(spec: Spec, entry: Path) -> Kernel:
+    return Kernel.from_meta(spec.text, entry, _entry_meta(entry))
 
 
 def check_build(entry: Path) -> str:
     """What is wrong with a finished build in the cache ("" when sound), for `kernels verify`."""
     try:
-        _entry_kernel(Spec("source", entry.name), entry)
+        _entry_meta(entry)
     except DamagedEntry as err:
         return str(err)
     return ""
 
 
-def source_kernel(spec: Spec, *, quiet: bool = False) -> Kernel:
-    """Build (or find in the cache) the kernel a `source:` spec names."""
-    fragments = fragment_paths(spec.config)
-    tree, label, source_id = _tree_and_label(spec, quiet)
+def _entry(spec: Spec, label: str, fragments: list[Path], source_id: str) -> tuple[str, str, Path]:
+    """(name, hash of the recipe, source and fragments, cache entry) of a build."""
     digest = fragments_hash(fragments, RECIPE, source_id)[:12]
     name = f"source-{label}-{spec.config}"
-    entry = cache_dir("source-builds") / f"{name}-{digest}"
+    return name, digest, cache_dir("source-builds") / f"{name}-{digest}"
+
+
+def source_kernel(spec: Spec, *, printer: Printer | None = None) -> Kernel:
+    """Build (or find in the cache) the kernel a `source:` spec names."""
+    printer = printer or Printer()
+    fragments = fragment_paths(spec.config)
+    tree, label, source_id = _tree_and_label(spec, printer)
+    name, digest, entry = _entry(spec, label, fragments, source_id)
     if (entry / MARKER).is_file():
         with contextlib.suppress(DamagedEntry):  # said and redone under the lock below
             return _entry_kernel(spec, entry)
@@ -165,12 +171,12 @@ def source_kernel(spec: Spec, *, quiet: bool = False) -> Kernel:
             try:
                 return _entry_kernel(spec, entry)
             except DamagedEntry as err:  # the build resumes in place: make redoes what is gone
-                say(f"{entry}: cached build damaged ({err}), building it again", False)
+                printer.warn(f"{entry}: cached build damaged ({err}), building it again")
                 (entry / MARKER).unlink()
-                bzimage = entry / "obj/arch/x86/boot/bzImage"
+                bzimage = entry / BZIMAGE
                 if vmlinuz_problem(bzimage):  # make would keep a truncated file it thinks new
                     bzimage.unlink(missing_ok=True)
-        _build_entry(spec, tree, fragments, entry, name, digest, quiet)
+        _build_entry(spec, tree, fragments, entry, name, digest, printer)
     return _entry_kernel(spec, entry)
 
 
@@ -181,7 +187,7 @@ def _build_entry(
     entry: Path,
     name: str,
     digest: str,
-    quiet: bool,
+    printer: Printer,
 ) -> None:
     # Built in place (not staged): kbuild records absolute paths. A failed build is resumed.
     entry.mkdir(parents=True, exist_ok=True)
@@ -189,17 +195,17 @@ def _build_entry(
     with open(log, "a") as handle:  # a resumed build keeps the earlier attempts' log
         handle.write(f"# klp-harness: {spec.text} from {tree.path}\n")
     start = time.monotonic()
-    say(f"configuring {name}: tinyconfig + {', '.join(p.name for p in fragments)}", quiet)
-    configure(tree.path, objdir, fragments, log, quiet)
-    say(f"building {name} with make -j{JOBS} (log: {log})", quiet)
-    seconds = _build(objdir, log, name, quiet)
-    say(f"built {name} in {seconds / 60:.1f} min", quiet)
+    printer.say(f"configuring {name}: tinyconfig + {', '.join(p.name for p in fragments)}")
+    configure(tree.path, objdir, fragments, log, printer=printer)
+    printer.say(f"building {name} with make -j{JOBS} (log: {log})")
+    seconds = _build(objdir, log, name, printer)
+    printer.say(f"built {name} in {seconds / 60:.1f} min")
     release = _make_output(["make", "-s", "-C", str(objdir), "kernelrelease"])
     modroot = entry / "modroot"
     run_logged(["make", "-C", str(objdir), f"INSTALL_MOD_PATH={modroot}", "modules_install"], log)
     (modroot / "lib/modules" / release).mkdir(parents=True, exist_ok=True)
-    bzimage = objdir / "arch/x86/boot/bzImage"
-    say(f"recovering the symbol table from {bzimage}", quiet)
+    bzimage = entry / BZIMAGE
+    printer.say(f"recovering the symbol table from {bzimage}")
     rec = kallsyms.recover(bzimage, entry / "kallsyms")
     differ = check_system_map(rec.path, objdir / "System.map")
     if differ:
@@ -207,12 +213,12 @@ def _build_entry(
             f"{name}: the table recovered from bzImage and System.map count these names "
             f"differently: {', '.join(differ[:10])}"
         )
-    say(f"{rec.count} symbols, duplicated names agree with System.map", quiet)
+    printer.say(f"{rec.count} symbols, duplicated names agree with System.map")
     meta = {
         "name": name,
         "release": release,
         "package_version": f"{tree.version or 'tree'}+{digest}",
-        "packages": [f"{tree.package}={tree.version}"] if tree.package else [],
+        "packages": [tree.pinned] if tree.package else [],
         "source": str(tree.path),
         "fragments": [str(p) for p in fragments],
         "build_seconds": round(seconds, 1),
@@ -234,8 +240,7 @@ def cached_source_kernel(spec: Spec) -> Kernel | None:
         return None
     if tree is None:
         return None
-    digest = fragments_hash(fragments, RECIPE, f"{tree.package}={tree.version}")[:12]
-    entry = cache_dir("source-builds") / f"source-{spec.ref}-{spec.config}-{digest}"
+    entry = _entry(spec, spec.ref, fragments, tree.pinned)[2]
     if not (entry / MARKER).is_file():
         return None
     try:

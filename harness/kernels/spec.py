@@ -10,17 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import ExpectationError, KernelError
-from harness.paths import KERNELS_DIR
+from harness.kernels.releases import FILE_NAME as RELEASES_FILE_NAME
+from harness.kernels.releases import codenames, find_release
+from harness.paths import CONFIGS_DIR, KERNELS_DIR
 
-# Debian releases with kernels, oldest first, and the extra suites each has on the mirrors
-# (bullseye-backports went to the archive host, so it is not offered).
-RELEASES: dict[str, tuple[str, ...]] = {
-    "bullseye": ("updates", "security"),
-    "bookworm": ("updates", "security", "backports"),
-    "trixie": ("updates", "security", "backports"),
-    "forky": ("security",),
-    "sid": (),
-}
 FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
 
 SpecKind = Literal["debian-suite", "debian-abi", "source", "local"]
@@ -33,6 +26,12 @@ _SOURCE_VERSION = re.compile(r"^\d+\.\d+$")
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 DEFAULT_DIR = KERNELS_DIR
+BASE_CONFIG = "base"  # kernels/configs/base.config, under every source config
+
+
+def is_abi(text: str) -> bool:
+    """`text` is a kernel ABI as `uname -r` prints it (6.1.0-56-amd64)."""
+    return _ABI.match(text) is not None
 
 
 @dataclass(frozen=True)
@@ -61,18 +60,14 @@ class Spec:
         """
         if self.kind != "debian-suite":
             return {}
+        release = find_release(self.release)  # parse_spec checked that it exists
         pins = {self.release: 500}
-        for extra in RELEASES[self.release]:
+        for extra in release.suites if release else ():
             if extra != "backports":
                 pins[f"{self.release}-{extra}"] = 500
         if self.backports:
             pins[f"{self.release}-backports"] = 990
         return pins
-
-
-def all_suites() -> list[str]:
-    """Every suite the private apt root lists."""
-    return [s for r, extras in RELEASES.items() for s in (r, *(f"{r}-{e}" for e in extras))]
 
 
 def parse_spec(text: str) -> Spec:
@@ -93,14 +88,14 @@ def parse_spec(text: str) -> Spec:
     if m := _ABI.match(rest):
         return Spec("debian-abi", f"debian:{rest}", abi=rest, flavour=m.group(2))
     m = _SUITE.match(rest)
-    if not m or m.group(1) not in RELEASES:
-        known = ", ".join(RELEASES)
+    found = find_release(m.group(1)) if m else None
+    if not m or found is None:
         raise KernelError(
-            f"unknown suite or ABI {rest!r} in {text!r} (releases: {known}; "
+            f"unknown suite or ABI {rest!r} in {text!r} (releases: {', '.join(codenames())}; "
             "add -backports and/or -cloud, or give an ABI such as 6.1.0-56-amd64)"
         )
     release, backports, cloud = m.group(1), bool(m.group(2)), bool(m.group(3))
-    if backports and "backports" not in RELEASES[release]:
+    if backports and "backports" not in found.suites:
         raise KernelError(f"unknown suite {release}-backports in {text!r}: not on the mirror")
     return Spec(
         "debian-suite",
@@ -215,11 +210,13 @@ def _check_unique(decls: list[KernelDecl], where: Path) -> None:
 
 
 def load_declared(dir: Path | None = None) -> list[KernelDecl]:
-    """Every kernel declared in `dir` (default: the repository's kernels/), in file order."""
+    """Every kernel declared in `dir` (default: the repository's kernels/), in file order;
+    releases.toml there is the table of Debian releases, not declarations."""
     root = dir if dir is not None else DEFAULT_DIR
     if not root.is_dir():
         raise ExpectationError(f"{root}: kernel declaration directory not found")
-    decls = [decl for path in sorted(root.glob("*.toml")) for decl in _decls_from(path)]
+    paths = [p for p in sorted(root.glob("*.toml")) if p.name != RELEASES_FILE_NAME]
+    decls = [decl for path in paths for decl in _decls_from(path)]
     _check_unique(decls, root)
     return decls
 
@@ -238,8 +235,6 @@ def check_spec(name_or_spec: str, dir: Path | None = None) -> Spec:
     is wrong. Whether an ABI exists on the mirror is only known by resolving it."""
     spec = parse_spec(resolve_name(name_or_spec, dir))
     if spec.kind == "source":
-        from harness.kernels.source import fragment_paths  # the kernel-building layer, when needed
-
         fragment_paths(spec.config)
     if spec.path is not None and not spec.path.is_dir():
         raise KernelError(f"{spec.text}: {spec.path} is not a directory")
@@ -254,3 +249,15 @@ def resolve_name(name_or_spec: str, dir: Path | None = None) -> str:
         if decl.name == name_or_spec:
             return decl.spec
     raise KernelError(f"{name_or_spec!r} is neither a kernel spec nor a declared kernel name")
+
+
+def fragment_paths(config: str, configs_dir: Path = CONFIGS_DIR) -> list[Path]:
+    """The fragments a source config means: base.config then <config>.config; a KernelError
+    lists the known configs."""
+    paths = [configs_dir / f"{BASE_CONFIG}.config", configs_dir / f"{config}.config"]
+    if config == BASE_CONFIG or not paths[1].is_file():
+        known = sorted(p.stem for p in configs_dir.glob("*.config") if p.stem != BASE_CONFIG)
+        raise KernelError(f"no config {config!r} in {configs_dir} (known: {', '.join(known)})")
+    if not paths[0].is_file():
+        raise KernelError(f"{paths[0]}: base config fragment missing")
+    return paths

@@ -16,6 +16,7 @@ from typing import Any
 from harness.cache import atomic_write_text, try_locked
 from harness.errors import HarnessError, KernelError
 from harness.fileio import read_regular
+from harness.kernels.kernel import KernelMeta
 
 MARKER = ".complete"
 META = "kernel.json"
@@ -33,6 +34,20 @@ DEBIAN_KEYS: dict[str, type] = {
 
 
 _KINDS = {str: "string", list: "list", int: "number", dict: "table"}
+
+
+def debian_kernel(meta: dict[str, Any]) -> KernelMeta:
+    """The kernel a Debian entry's kernel.json (checked against DEBIAN_KEYS) records."""
+    return KernelMeta(
+        name=f"debian-{meta['abi']}",
+        release=meta["abi"],
+        package_version=meta["version"],
+        packages=meta["packages"],
+        vmlinuz=meta["vmlinuz"],
+        modules_dir=meta["modules_dir"],
+        config=meta["config"],
+        headers=meta["headers"],
+    )
 
 
 class DamagedEntry(KernelError):

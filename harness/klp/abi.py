@@ -1,13 +1,25 @@
-"""Names and markers of the kernel's klp relocation ABI, shared by convert and inspect."""
+"""The kernel's klp relocation ABI, shared by convert, rewrite and inspect: names, markers and
+the relocation types the x86-64 module loader applies."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from harness.errors import UnsupportedElfError
-from harness.fileio import printable
-from harness.klp.elfread import SHF_ALLOC, SHF_INFO_LINK, SHF_RELA_LIVEPATCH, ElfImage
+from harness.errors import NotElfError, RelocationTypeError, UnsupportedElfError
+from harness.klp.elfread import (
+    SHF_ALLOC,
+    SHF_INFO_LINK,
+    SHF_RELA_LIVEPATCH,
+    SHT_NOBITS,
+    ElfImage,
+    rela_symbols,
+    rela_types,
+    reloc_name,
+)
+from harness.klp.files import printable
 
 KLP_SYM_PREFIX = ".klp.sym."
 KLP_RELA_PREFIX = ".klp.rela."
@@ -17,6 +29,12 @@ ANNOTATION_ENTRY = 12  # packed {void *sym; u32 sympos}
 MODULE_NAME_MAX = 55  # sscanf("%55[^.]") in klp_resolve_symbols()
 KSYM_NAME_MAX = 511  # %511[^,] since v6.1 (KSYM_NAME_LEN 512)
 KSYM_NAME_MAX_OLD = 127  # before v6.1
+
+# The relocation types x86-64's apply_relocate_add() applies (arch/x86/kernel/module.c), with
+# the width of the field each writes; on any other type the module fails to load.
+LOADER_RELOCS = {0: 0, 1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}  # NONE 64 PC32 PLT32 32 32S PC64
+LOADER_RELOC_NAMES = frozenset(reloc_name(rtype) for rtype in LOADER_RELOCS)
+REFUSED_BY_LOADER = "is refused by the x86-64 module loader"
 
 # kernel: sscanf(name, ".klp.sym.%55[^.].%511[^,],%lu"); the number may be followed by anything.
 _KLP_SYM = re.compile(r"\.klp\.sym\.([^.]{1,55})\.([^,]{1,511}),(\d+)")
@@ -75,3 +93,29 @@ def check_names(path: object, obj: str, name: str) -> list[str]:
 def is_klp_rela(img: ElfImage, index: int) -> bool:
     sec = img.sections[index]
     return bool(sec.flags & SHF_RELA_LIVEPATCH) or sec.name.startswith(KLP_RELA_PREFIX)
+
+
+def check_relocations(img: ElfImage, index: int, moved: Any, names: Callable[[int], str]) -> None:
+    """Refuse relocations (`moved`, from rela section `index`) that would become klp
+    relocations but that the loader refuses, or whose field lies outside the target section.
+    `names` gives a symbol index's name for the message."""
+    import numpy as np
+
+    sec = img.sections[index]
+    target = img.sections[sec.info]
+    types = rela_types(moved).astype(np.int64)
+    accepted = np.isin(types, list(LOADER_RELOCS))
+    if not accepted.all():
+        i = int(np.flatnonzero(~accepted)[0])
+        sym = names(int(rela_symbols(moved)[i]))
+        raise RelocationTypeError(
+            f"{img.label}: {sec.label}+{int(moved['offset'][i]):#x}: "
+            f"{reloc_name(int(types[i]))} against '{printable(sym)}' {REFUSED_BY_LOADER}"
+        )
+    if target.type == SHT_NOBITS and len(moved):
+        raise NotElfError(f"{img.label}: relocations in {sec.label} against a NOBITS section")
+    widths = np.zeros(len(types), dtype=np.uint64)
+    for rtype, width in LOADER_RELOCS.items():
+        widths[types == rtype] = width
+    if len(moved) and bool(((moved["offset"] + widths) > np.uint64(target.size)).any()):
+        raise NotElfError(f"{img.label}: a relocation in {sec.label} is outside {target.label}")

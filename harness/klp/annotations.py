@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import AmbiguousSymbolError, UnsupportedElfError
-from harness.fileio import printable
 from harness.klp.abi import ANNOTATION_ENTRY, ANNOTATION_PREFIX
-from harness.klp.elfread import SHT_NOBITS, SHT_RELA, ElfImage, cstring
-
-R_X86_64_64 = 1
+from harness.klp.elfread import (
+    R_X86_64_64,
+    SHT_NOBITS,
+    SHT_RELA,
+    ElfImage,
+    cstring,
+    rela_symbols,
+)
+from harness.klp.files import printable
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ def read_annotations(
                     and (rel.link == img.symtab_index)
                 ):
                     arr = img.relas(rel.index)
-                    refs = set((arr["info"] >> np.uint64(32)).tolist()) & used
+                    refs = set(rela_symbols(arr).tolist()) & used
                     if refs:
                         name = cstring(strtab, int(syms["name"][refs.pop()]))
                         raise UnsupportedElfError(

@@ -18,26 +18,21 @@ from typing import Any
 from harness.errors import (
     AmbiguousSymbolError,
     ModuleTargetError,
-    NotElfError,
-    RelocationTypeError,
     SymbolNotFoundError,
     SymposRangeError,
     UsageError,
 )
-from harness.fileio import atomic_write_chunks, printable
 from harness.klp.abi import check_names, klp_symbol_name, parse_klp_symbol
 from harness.klp.annotations import Annotation, read_annotations
 from harness.klp.elfread import (
-    RELOC_WIDTH,
     SHN_LIVEPATCH,
     SHN_UNDEF,
-    SHT_NOBITS,
     STB_GLOBAL,
     STB_WEAK,
     ElfImage,
     cstring,
-    reloc_name,
 )
+from harness.klp.files import atomic_write_chunks, printable
 from harness.klp.rewrite import Rewrite
 from harness.klp.symbols import VMLINUX, SymbolTable, module_name, module_symbols
 
@@ -283,28 +278,3 @@ def _klp_names(img: ElfImage, syms: Any, strtab: bytes) -> list[str]:
 
     idx = np.flatnonzero(syms["shndx"] == SHN_LIVEPATCH).tolist()
     return [cstring(strtab, int(syms["name"][i])) for i in idx]
-
-
-def check_relocations(img: ElfImage, index: int, arr: Any, moved: Any, names: Any) -> None:
-    """Refuse a relocation type the x86-64 loader refuses, or a field outside its section."""
-    import numpy as np
-
-    sec = img.sections[index]
-    target = img.sections[sec.info]
-    types = (moved["info"] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    accepted = np.isin(types, [0, *RELOC_WIDTH])
-    if not accepted.all():
-        i = int(np.flatnonzero(~accepted)[0])
-        sym = names(int(moved["info"][i] >> np.uint64(32)))
-        raise RelocationTypeError(
-            f"{img.label}: {sec.label}+{int(moved['offset'][i]):#x}: "
-            f"{reloc_name(int(types[i]))} against '{printable(sym)}' is refused by the x86-64 "
-            "module loader"
-        )
-    if target.type == SHT_NOBITS and len(moved):
-        raise NotElfError(f"{img.label}: relocations in {sec.label} against a NOBITS section")
-    widths = np.zeros(len(types), dtype=np.uint64)
-    for rtype, width in RELOC_WIDTH.items():
-        widths[types == rtype] = width
-    if len(moved) and bool(((moved["offset"] + widths) > np.uint64(target.size)).any()):
-        raise NotElfError(f"{img.label}: a relocation in {sec.label} is outside {target.label}")

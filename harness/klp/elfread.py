@@ -1,19 +1,20 @@
 """Reading x86-64 relocatable ELF files (a linked `<mod>.o` or a `.ko`).
 
-pyelftools checks the ELF header; section headers, symbols and relocations are
-decoded in bulk as numpy structured arrays over the raw bytes (no per-entry
+The ELF header is unpacked with struct; section headers, symbols and relocations
+are decoded in bulk as numpy structured arrays over the raw bytes (no per-entry
 Python objects), after checking every offset the rest of the code relies on.
+(No pyelftools here: importing it took longer than converting a large module.)
 """
 
 from __future__ import annotations
 
-import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import NoSymtabError, NotElfError, UnsupportedElfError
-from harness.fileio import printable, read_regular
+from harness.klp.files import printable, read_regular
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -38,9 +39,7 @@ EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 64, 24, 24
 MAX_ALIGN = 1 << 20  # larger alignments only appear in corrupted files
 MODULE_LIMIT = 1 << 30  # a debug build's .ko can pass 100 MiB; refuse what cannot be one
 
-# Relocation types x86-64's apply_relocate_add() accepts (besides R_X86_64_NONE).
-R_X86_64_NONE = 0
-RELOC_WIDTH = {1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}  # 64, PC32, PLT32, 32, 32S, PC64
+R_X86_64_NONE, R_X86_64_64 = 0, 1
 RELOC_NAMES = {
     0: "R_X86_64_NONE",
     1: "R_X86_64_64",
@@ -63,6 +62,20 @@ RELOC_NAMES = {
 
 def reloc_name(rtype: int) -> str:
     return RELOC_NAMES.get(rtype, f"type {rtype}")
+
+
+def rela_symbols(arr: Any) -> Any:
+    """ELF64_R_SYM of each entry of a rela array (uint64)."""
+    import numpy as np
+
+    return arr["info"] >> np.uint64(32)
+
+
+def rela_types(arr: Any) -> Any:
+    """ELF64_R_TYPE of each entry of a rela array (uint64)."""
+    import numpy as np
+
+    return arr["info"] & np.uint64(0xFFFFFFFF)
 
 
 def _dtypes() -> tuple[Any, Any, Any]:
@@ -95,6 +108,14 @@ def _dtypes() -> tuple[Any, Any, Any]:
     rela = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
     return shdr, sym, rela
 
+
+# e_ident[16], e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, e_flags, e_ehsize,
+# e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+EM_X86_64, ET_REL = 62, 1
+_MACHINES = {3: "EM_386", 8: "EM_MIPS", 21: "EM_PPC64", 22: "EM_S390", 40: "EM_ARM"}
+_MACHINES |= {62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV", 258: "EM_LOONGARCH"}
+_TYPES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
 
 _COMPRESSED = {b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip"}
 
@@ -177,22 +198,18 @@ class ElfImage:
             raise self._fail("truncated ELF header")
 
     def _check_header(self) -> None:
-        from elftools.elf.elffile import ELFFile
-
-        try:
-            header = ELFFile(io.BytesIO(self.data[:EHDR_SIZE])).header
-            machine, etype = header["e_machine"], header["e_type"]
-            self.shoff, self.shnum = int(header["e_shoff"]), int(header["e_shnum"])
-            self.shentsize, self.shstrndx = int(header["e_shentsize"]), int(header["e_shstrndx"])
-        except Exception as err:  # pyelftools raises many kinds on corrupt headers
-            raise self._fail(f"bad ELF header ({printable(err)})") from None
-        if machine != "EM_X86_64":
+        fields = _EHDR.unpack_from(self.data)
+        etype, machine, self.shoff = fields[1], fields[2], fields[6]
+        self.shentsize, self.shnum, self.shstrndx = fields[11], fields[12], fields[13]
+        if machine != EM_X86_64:
             raise UnsupportedElfError(
-                f"{self.label}: machine {machine}; only x86-64 (ELF64 little-endian) is supported"
+                f"{self.label}: machine {_MACHINES.get(machine, machine)}; "
+                "only x86-64 (ELF64 little-endian) is supported"
             )
-        if etype != "ET_REL":
+        if etype != ET_REL:
             raise UnsupportedElfError(
-                f"{self.label}: ELF type {etype}, expected a relocatable object (.o or .ko)"
+                f"{self.label}: ELF type {_TYPES.get(etype, etype)}, expected a relocatable "
+                "object (.o or .ko)"
             )
         if self.shnum == 0 or self.shoff == 0:
             raise self._fail("no section header table (or extended section numbering)")
@@ -289,11 +306,11 @@ class ElfImage:
         """Check every SHT_RELA section (entry size, link, target, symbol indexes)."""
         for sec in self.sections:
             if sec.type == SHT_RELA:
-                self.relas(sec.index, copy=False)
+                self.relas(sec.index)
 
-    def relas(self, index: int, copy: bool = True) -> npt.NDArray[Any]:
-        """One SHT_RELA section (a writable copy unless `copy=False`), symbol indexes checked
-        against the symtab."""
+    def relas(self, index: int) -> npt.NDArray[Any]:
+        """One SHT_RELA section as a read-only view of the file (no copy: every caller derives
+        new arrays from it), symbol indexes checked against the symtab."""
         import numpy as np
 
         sec = self.sections[index]
@@ -306,10 +323,8 @@ class ElfImage:
         arr = np.frombuffer(
             self.data, dtype=self.rela_t, count=sec.size // RELA_SIZE, offset=sec.offset
         )
-        if copy:
-            arr = arr.copy()
         nsyms = self.sections[self.symtab_index].size // SYM_SIZE
-        if arr.size and int((arr["info"] >> np.uint64(32)).max()) >= nsyms:
+        if arr.size and int(rela_symbols(arr).max()) >= nsyms:
             raise self._fail(f"relocation section {sec.label} refers to a symbol past the table")
         return arr
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.errors import UnsupportedElfError
-from harness.fileio import atomic_write_chunks
 from harness.klp.elfread import EHDR_SIZE, SHDR_SIZE, SHN_LORESERVE, SHT_NOBITS
+from harness.klp.files import atomic_write_chunks
 
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 

@@ -11,9 +11,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.fileio import printable
-from harness.klp.abi import KSYM_NAME_MAX_OLD, is_klp_rela, parse_klp_rela, parse_klp_symbol
-from harness.klp.elfread import RELOC_WIDTH, SHN_LIVEPATCH, ElfImage, cstring, reloc_name
+from harness.klp.abi import (
+    KSYM_NAME_MAX_OLD,
+    LOADER_RELOC_NAMES,
+    REFUSED_BY_LOADER,
+    is_klp_rela,
+    parse_klp_rela,
+    parse_klp_symbol,
+)
+from harness.klp.elfread import (
+    SHN_LIVEPATCH,
+    ElfImage,
+    cstring,
+    rela_symbols,
+    rela_types,
+    reloc_name,
+)
+from harness.klp.files import printable
 from harness.klp.symbols import VMLINUX, SymbolTable
 
 
@@ -57,8 +71,6 @@ class Verdict:
 def inspect_module(path: Path, symtab: SymbolTable | None = None) -> list[KlpReloc]:
     """Every relocation of every klp relocation section, in file order.
     (`symtab` is accepted for symmetry with verdicts(); listing does not need it.)"""
-    import numpy as np
-
     img = ElfImage.load(Path(path))
     syms = img.symbols()
     strtab = img.strtab()
@@ -69,8 +81,8 @@ def inspect_module(path: Path, symtab: SymbolTable | None = None) -> list[KlpRel
         arr = img.relas(sec.index)
         target = img.sections[sec.info].name
         secobj = parse_klp_rela(sec.name) or ""
-        symi = (arr["info"] >> np.uint64(32)).tolist()
-        types = (arr["info"] & np.uint64(0xFFFFFFFF)).tolist()
+        symi = rela_symbols(arr).tolist()
+        types = rela_types(arr).tolist()
         for idx, rtype, off, add in zip(
             symi, types, arr["offset"].tolist(), arr["addend"].tolist(), strict=True
         ):
@@ -132,13 +144,11 @@ def _verdict(rels: list[KlpReloc], symtab: SymbolTable | None, livepatch: bool) 
         )
     if not first.object:
         return v("malformed", f"symbol {symbol} has an incorrectly formatted name")
-    accepted = {reloc_name(t) for t in (0, *RELOC_WIDTH)}
-    bad = [r for r in rels if r.type not in accepted]
+    bad = [r for r in rels if r.type not in LOADER_RELOC_NAMES]
     if bad:
         return v(
             "bad-type",
-            f"{bad[0].type} in {printable(bad[0].section)}+{bad[0].offset:#x} is refused "
-            "by the x86-64 module loader",
+            f"{bad[0].type} in {printable(bad[0].section)}+{bad[0].offset:#x} " + REFUSED_BY_LOADER,
         )
     module_secs = sorted({r.section_object for r in rels if r.section_object != VMLINUX})
     if module_secs and not livepatch:

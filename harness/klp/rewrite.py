@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UnsupportedElfError
-from harness.klp.abi import KLP_RELA_FLAGS, is_klp_rela, klp_rela_name, parse_klp_rela
+from harness.klp.abi import (
+    KLP_RELA_FLAGS,
+    check_relocations,
+    is_klp_rela,
+    klp_rela_name,
+    parse_klp_rela,
+    parse_klp_symbol,
+)
 from harness.klp.elfread import (
     SHF_INFO_LINK,
     SHN_LIVEPATCH,
@@ -20,6 +27,8 @@ from harness.klp.elfread import (
     SHT_RELA,
     ElfImage,
     cstring,
+    rela_symbols,
+    rela_types,
 )
 from harness.klp.elfwrite import OutSection, write_elf
 
@@ -41,8 +50,6 @@ class Rewrite:
         Returns {symbol index: relocations moved}."""
         import numpy as np
 
-        from harness.klp.convert import check_relocations
-
         img, syms = self.img, self.syms
         nsyms = len(syms)
         strtab = self._table(img.strtab_index)
@@ -56,7 +63,6 @@ class Rewrite:
         counts = np.zeros(nsyms, dtype=np.int64)
         groups: dict[tuple[int, int], list[Any]] = {}
         existing: dict[tuple[str, int], int] = {}
-        shift = np.uint64(32)
         for sec in img.sections:
             if sec.index in self.dropped or sec.link != img.symtab_index:
                 continue
@@ -73,16 +79,17 @@ class Rewrite:
                     existing[(klp_obj, sec.info)] = sec.index
                 continue
             arr = img.relas(sec.index)
-            symi = (arr["info"] >> shift).astype(np.int64)
+            symi = rela_symbols(arr).astype(np.int64)
             mask = code[symi] >= 0
             if not mask.any():
                 continue
             moved = arr[mask]
-            check_relocations(img, sec.index, arr, moved, self._name)
+            check_relocations(img, sec.index, moved, self._name)
             self.relas[sec.index] = arr[~mask]
             counts += np.bincount(symi[mask], minlength=nsyms)
             mcodes = code[symi[mask]]
-            for c in np.unique(mcodes).tolist():
+            # np.unique would import numpy.ma (15 ms of a CLI run)
+            for c in np.flatnonzero(np.bincount(mcodes)).tolist():
                 groups.setdefault((c, sec.info), []).append(moved[mcodes == c])
         for (c, target), parts in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             data = np.concatenate(parts)
@@ -97,7 +104,8 @@ class Rewrite:
 
     def _name(self, index: int) -> str:
         name = cstring(bytes(self._table(self.img.strtab_index)), int(self.syms["name"][index]))
-        return name.removeprefix(".klp.sym.vmlinux.").rsplit(",", 1)[0]
+        parsed = parse_klp_symbol(name)
+        return parsed.name if parsed else name
 
     def write(self, dst: Path, mode: int = 0o644) -> None:
         import numpy as np
@@ -194,8 +202,7 @@ class Rewrite:
 def _remap(arr: Any, sym_map: Any) -> Any:
     import numpy as np
 
-    shift = np.uint64(32)
-    symi = (arr["info"] >> shift).astype(np.int64)
+    symi = rela_symbols(arr).astype(np.int64)
     arr = arr.copy()
-    arr["info"] = (sym_map[symi].astype(np.uint64) << shift) | (arr["info"] & np.uint64(0xFFFFFFFF))
+    arr["info"] = (sym_map[symi].astype(np.uint64) << np.uint64(32)) | rela_types(arr)
     return arr

@@ -8,12 +8,13 @@ never re-sorted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from harness.errors import SymbolFileError
-from harness.fileio import printable, read_regular
+from harness.klp.files import printable, read_regular
 
 VMLINUX = "vmlinux"
 # A full kallsyms is ~6 MiB and a Module.symvers ~2 MiB; more cannot be one (/dev/zero).
@@ -51,6 +52,47 @@ def _read_text(path: Path, what: str) -> str:
     return data.decode("latin-1")
 
 
+class KallsymsLine(NamedTuple):
+    """One symbol of a System.map or /proc/kallsyms text, in file order."""
+
+    address: int
+    type: str  # nm-style letter
+    name: str
+    module: str | None  # the `[module]` column without brackets; None for vmlinux
+    raw: str  # the line as read
+
+
+def kallsyms_lines(text: str, source: str) -> Iterator[KallsymsLine]:
+    """The symbols of a System.map or /proc/kallsyms text: `address type name [module]`.
+    Blank lines are skipped; anything else raises SymbolFileError "<source>:<lineno>: ..."."""
+    source = printable(source)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if (
+            len(parts) not in (3, 4)
+            or len(parts[1]) != 1
+            or (len(parts) == 4 and not (parts[3].startswith("[") and parts[3].endswith("]")))
+        ):
+            hint = (
+                " (Debian's placeholder System.map? use the table recovered from vmlinuz)"
+                if "System.map" in line
+                else ""
+            )
+            raise SymbolFileError(
+                f"{source}:{lineno}: not a System.map/kallsyms line: {line[:80]!r}{hint}"
+            )
+        try:
+            address = int(parts[0], 16)
+        except ValueError:
+            raise SymbolFileError(f"{source}:{lineno}: bad address {parts[0][:40]!r}") from None
+        if address >= 1 << 64:
+            raise SymbolFileError(f"{source}:{lineno}: address wider than 64 bits")
+        module = parts[3][1:-1] if len(parts) == 4 else None
+        yield KallsymsLine(address, parts[1], parts[2], module, line)
+
+
 @dataclass
 class SymbolTable:
     """Symbols per object ("vmlinux" or a module name), each name's entries in table order."""
@@ -73,33 +115,11 @@ class SymbolTable:
         table.objects[VMLINUX] = vmlinux
         nonzero = False
         count = 0
-        for lineno, line in enumerate(text.splitlines(), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if (
-                len(parts) not in (3, 4)
-                or len(parts[1]) != 1
-                or (len(parts) == 4 and not (parts[3].startswith("[") and parts[3].endswith("]")))
-            ):
-                hint = (
-                    " (Debian's placeholder System.map? use the table recovered from vmlinuz)"
-                    if "System.map" in line
-                    else ""
-                )
-                raise SymbolFileError(
-                    f"{source}:{lineno}: not a System.map/kallsyms line: {line[:80]!r}{hint}"
-                )
-            try:
-                address = int(parts[0], 16)
-            except ValueError:
-                raise SymbolFileError(f"{source}:{lineno}: bad address {parts[0][:40]!r}") from None
-            if address >= 1 << 64:
-                raise SymbolFileError(f"{source}:{lineno}: address wider than 64 bits")
-            nonzero = nonzero or address != 0
+        for entry in kallsyms_lines(text, source):
+            nonzero = nonzero or entry.address != 0
             count += 1
-            objmap = vmlinux if len(parts) == 3 else table.objects.setdefault(parts[3][1:-1], {})
-            objmap.setdefault(parts[2], []).append((address, parts[1]))
+            objmap = vmlinux if entry.module is None else table.objects.setdefault(entry.module, {})
+            objmap.setdefault(entry.name, []).append((entry.address, entry.type))
         if not count:
             raise SymbolFileError(f"{source}: no symbols in the file")
         if not nonzero:

@@ -8,14 +8,26 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.errors import FileReadError, ReportError
 from harness.fileio import printable, read_regular
 from harness.paths import SCHEMA_FILE
-from harness.suite.results import FAIL, GOOD, NOT_RUN, OUTCOMES, XPASS, KernelResult
+from harness.suite.results import (
+    FAIL,
+    GOOD,
+    NA,
+    NOT_RUN,
+    OUTCOMES,
+    XPASS,
+    KernelResult,
+    ModuleResult,
+    Outcome,
+)
+from harness.suite.samples import Expected
 
 REPORT_SCHEMA = "klp-harness/report/1"
 # A matrix run's results.json is well under 1 MiB; refuse what cannot be one (/dev/zero).
@@ -24,18 +36,22 @@ MESSAGE_MAX = 300  # of a schema error quoted in a message
 
 # A cell's standing, judged alone: good (pass, expected failure, n/a), bad (fail, unexpected
 # pass, or not run because its kernel failed), none (nothing to judge: absent from the run).
-GOOD_S, BAD_S, NONE_S = "good", "bad", "none"
+Standing = Literal["good", "bad", "none"]
 
-# A cell against its baseline cell.
-REGRESSION, FIXED, STILL_FAILING, NEVER_PASSED, NEW, UNCHANGED = (
-    "regression",
-    "fixed",
-    "still-failing",
-    "never-passed",
-    "new",
-    "unchanged",
-)
-CHANGES = (REGRESSION, FIXED, STILL_FAILING, NEVER_PASSED, NEW, UNCHANGED)
+
+class Change(StrEnum):
+    """A cell against its baseline cell."""
+
+    REGRESSION = "regression"
+    FIXED = "fixed"
+    STILL_FAILING = "still-failing"
+    NEVER_PASSED = "never-passed"
+    NEW = "new"
+    UNCHANGED = "unchanged"
+
+
+REGRESSION, FIXED, STILL_FAILING, NEVER_PASSED, NEW, UNCHANGED = Change
+CHANGES = tuple(Change)
 CHANGE_LABELS = {
     REGRESSION: "new failure",
     FIXED: "fixed",
@@ -44,15 +60,17 @@ CHANGE_LABELS = {
     NEW: "new",
     UNCHANGED: "unchanged",
 }
-_CLASSES = {
-    (BAD_S, GOOD_S): REGRESSION,
-    (GOOD_S, BAD_S): FIXED,
-    (BAD_S, BAD_S): STILL_FAILING,
-    (BAD_S, NONE_S): NEVER_PASSED,  # a failure with no earlier result is not a regression
-    (GOOD_S, NONE_S): NEW,
-    (GOOD_S, GOOD_S): UNCHANGED,
+_CLASSES: dict[tuple[Standing, Standing], Change] = {
+    ("bad", "good"): REGRESSION,
+    ("good", "bad"): FIXED,
+    ("bad", "bad"): STILL_FAILING,
+    ("bad", "none"): NEVER_PASSED,  # a failure with no earlier result is not a regression
+    ("good", "none"): NEW,
+    ("good", "good"): UNCHANGED,
 }
 NOT_IN_RUN = "not in this run"
+# A kernel's details in a results file: every KernelResult field but its modules.
+KERNEL_FIELDS = tuple(f.name for f in fields(KernelResult) if f.name != "modules")
 
 
 @dataclass
@@ -62,6 +80,11 @@ class KernelRow(KernelResult):
 
     results_file: str = ""
     started: str = ""
+
+    @classmethod
+    def of(cls, kernel: KernelResult, results_file: str, started: str) -> KernelRow:
+        details = {name: getattr(kernel, name) for name in KERNEL_FIELDS}
+        return cls(**details, results_file=results_file, started=started)
 
     @property
     def label(self) -> str:
@@ -82,8 +105,8 @@ class KernelRow(KernelResult):
 class Cell:
     kernel: str  # the KernelRow's spec
     sample: str
-    outcome: str = NOT_RUN
-    expected: str = ""
+    outcome: Outcome = NOT_RUN
+    expected: Expected | Literal[""] = ""
     reason: str = NOT_IN_RUN
     seconds: float = 0.0
     evidence: list[str] = field(default_factory=list)
@@ -92,20 +115,21 @@ class Cell:
     build_log: str = ""
     kernel_failed: bool = False  # its kernel's run ended early
     in_run: bool = False  # the run has a result for this module
-    change: str = ""  # against the baseline: one of CHANGES, "" without one or when not run
-    baseline_outcome: str = ""
+    change: Change | Literal[""] = ""  # "" without a baseline or when not run
+    baseline_outcome: Outcome | Literal[""] = ""
+    build_failed: bool = False  # not in the report's JSON (report/1 has no such key)
 
     @property
-    def standing(self) -> str:
+    def standing(self) -> Standing:
         if self.outcome in GOOD:
-            return GOOD_S
+            return "good"
         if self.outcome in (FAIL, XPASS) or self.kernel_failed:
-            return BAD_S
-        return NONE_S
+            return "bad"
+        return "none"
 
     @property
     def failed(self) -> bool:
-        return self.standing == BAD_S
+        return self.standing == "bad"
 
 
 @dataclass
@@ -140,11 +164,11 @@ class Report:
     def failures(self) -> list[Cell]:
         return [c for c in self.grid.all_cells() if c.failed]
 
-    def outcome_counts(self) -> dict[str, int]:
+    def outcome_counts(self) -> dict[Outcome, int]:
         counts = Counter(c.outcome for c in self.grid.all_cells())
         return {o: counts[o] for o in OUTCOMES if counts[o]}
 
-    def change_counts(self) -> dict[str, int]:
+    def change_counts(self) -> dict[Change, int]:
         counts = Counter(c.change for c in self.grid.all_cells() if c.change)
         return {ch: counts[ch] for ch in CHANGES if counts[ch]}
 
@@ -153,7 +177,7 @@ class Report:
             return {**k.__dict__, "cells": [cell(c) for c in self.grid.row(k)]}
 
         def cell(c: Cell) -> dict[str, Any]:
-            data = {key: value for key, value in c.__dict__.items() if key != "kernel"}
+            data = {k: v for k, v in c.__dict__.items() if k not in ("kernel", "build_failed")}
             return {**data, "failed": c.failed}
 
         return {
@@ -200,7 +224,14 @@ def results_files(path: Path) -> list[Path]:
     return [path]
 
 
-def load(path: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ResultsFile:
+    path: Path
+    started: str
+    kernels: list[KernelResult]
+
+
+def load(path: Path) -> ResultsFile:
     """One results file, parsed and validated; a ReportError names the file and the problem.
     Only a regular file of at most RESULTS_LIMIT bytes is read (a FIFO or /dev/zero is
     refused), and every text from it is escaped in messages."""
@@ -225,8 +256,8 @@ def load(path: Path) -> dict[str, Any]:
         first = printable(errors[0])  # quotes the offending value, which may be huge
         first = first if len(first) <= MESSAGE_MAX else first[: MESSAGE_MAX - 3] + "..."
         raise ReportError(f"{label}: not a klp-harness results file: {first}{more}")
-    assert isinstance(data, dict)
-    return data
+    kernels = [KernelResult.from_json(k) for k in data["kernels"]]
+    return ResultsFile(path, data["started"], kernels)
 
 
 def _locate(recorded: str, run_dir: Path) -> str:
@@ -242,22 +273,18 @@ def merge(paths: Sequence[Path]) -> Grid:
     """Results files (or directories of them) as one grid; a later file's kernel of the same
     spec replaces the earlier one's details, and its modules replace the same samples."""
     rows: dict[str, KernelRow] = {}
-    modules: dict[str, dict[str, dict[str, Any]]] = {}
+    modules: dict[str, dict[str, tuple[ModuleResult, Path]]] = {}
     files: list[str] = []
     for given in paths:
         for path in results_files(given):
-            data = load(path)
+            run = load(path)
             files.append(str(path))
-            for k in data["kernels"]:
-                spec = k["spec"]
-                details = {f: k[f] for f in _KERNEL_FIELDS if f in k}
-                rows[spec] = KernelRow(
-                    spec=spec, **details, results_file=str(path), started=data["started"]
-                )
-                rows[spec].console_log = _locate(rows[spec].console_log, path.parent)
-                merged = modules.setdefault(spec, {})
-                for m in k["modules"]:
-                    merged[m["sample"]] = {**m, "_dir": path.parent}
+            for k in run.kernels:
+                row = rows[k.spec] = KernelRow.of(k, str(path), run.started)
+                row.console_log = _locate(row.console_log, path.parent)
+                merged = modules.setdefault(k.spec, {})
+                for m in k.modules:
+                    merged[m.sample] = (m, path.parent)
     samples = sorted({s for per in modules.values() for s in per})
     cells: dict[tuple[str, str], Cell] = {}
     for spec, row in rows.items():
@@ -267,30 +294,28 @@ def merge(paths: Sequence[Path]) -> Grid:
     return Grid(kernels, samples, cells, files)
 
 
-# A kernel's details in a results file: every KernelResult field but its modules.
-_KERNEL_FIELDS = tuple(f.name for f in fields(KernelResult) if f.name not in ("spec", "modules"))
-
-
-def _cell(row: KernelRow, sample: str, m: dict[str, Any] | None) -> Cell:
+def _cell(row: KernelRow, sample: str, found: tuple[ModuleResult, Path] | None) -> Cell:
     failed = bool(row.error)
-    if m is None:
+    if found is None:
         reason = first_line(row.error) if failed else NOT_IN_RUN
         return Cell(row.spec, sample, reason=reason, kernel_failed=failed)
-    ran = m["outcome"] not in ("not-applicable",) and not m["reason"].startswith("build:")
-    console = m.get("console_log") or (row.console_log if ran else "")
+    m, run_dir = found
+    ran = m.outcome != NA and not m.build_failed
+    console = m.console_log or (row.console_log if ran else "")
     return Cell(
         kernel=row.spec,
         sample=sample,
-        outcome=m["outcome"],
-        expected=m["expected"],
-        reason=m["reason"],
-        seconds=float(m["seconds"]),
-        evidence=list(m["evidence"]),
-        module=m["module"],
-        console_log=_locate(console, m["_dir"]),
-        build_log=m["build_log"],
+        outcome=m.outcome,
+        expected=m.expected,
+        reason=m.reason,
+        seconds=float(m.seconds),
+        evidence=list(m.evidence),
+        module=m.module,
+        console_log=_locate(console, run_dir),
+        build_log=m.build_log,
         kernel_failed=failed,
         in_run=True,
+        build_failed=m.build_failed,
     )
 
 
@@ -301,9 +326,9 @@ def first_line(text: str) -> str:
 # -- comparison ---------------------------------------------------------------------------------
 
 
-def classify(current: Cell, baseline: Cell | None) -> str:
-    """One of CHANGES, or "" when the cell has nothing to judge (not in this run)."""
-    before = baseline.standing if baseline is not None else NONE_S
+def classify(current: Cell, baseline: Cell | None) -> Change | Literal[""]:
+    """The change, or "" when the cell has nothing to judge (not in this run)."""
+    before: Standing = baseline.standing if baseline is not None else "none"
     return _CLASSES.get((current.standing, before), "")
 
 

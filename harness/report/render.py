@@ -11,6 +11,7 @@ import re
 import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Literal, get_args
 
 from harness.report.model import (
     CHANGE_LABELS,
@@ -27,7 +28,15 @@ from harness.report.model import (
 )
 from harness.suite.results import FAIL, NA, NOT_RUN, PASS, XFAIL, XPASS
 
-FORMATS = ("md", "html", "junit", "json")
+Format = Literal["md", "html", "junit", "json"]
+FORMATS: tuple[Format, ...] = get_args(Format)
+# What a JUnit testcase element holds besides its output: its tag, and the counter it adds to.
+JUnitKind = Literal["failure", "error", "skipped"]
+JUNIT_COUNTERS: dict[JUnitKind, str] = {
+    "failure": "failures",
+    "error": "errors",
+    "skipped": "skipped",
+}
 LABELS = {
     PASS: "pass",
     FAIL: "fail",
@@ -49,7 +58,7 @@ def _clean(text: str) -> str:
     return _CONTROL.sub("\ufffd", text.replace("\r\n", "\n"))
 
 
-def render(report: Report, fmt: str, out: Path | None = None) -> str:
+def render(report: Report, fmt: Format, out: Path | None = None) -> str:
     """`out` (the file it will be written to) makes HTML links to logs relative to it."""
     if fmt == "md":
         return markdown(report)
@@ -100,7 +109,7 @@ def _fence(lines: list[str]) -> str:
 
 def md_cell(cell: Cell) -> str:
     text = f"{ICONS[cell.outcome]} {LABELS[cell.outcome]}"
-    if cell.change in CHANGE_ICONS:
+    if cell.change and cell.change in CHANGE_ICONS:
         text += f" {CHANGE_ICONS[cell.change]} **{CHANGE_LABELS[cell.change]}**"
     return text
 
@@ -207,7 +216,7 @@ def _links(cell: Cell, base: Path | None) -> str:
     links = []
     if cell.console_log:
         links.append(f'<a href="{_e(_href(cell.console_log, base))}">console log</a>')
-    if cell.build_log and cell.reason.startswith("build:"):
+    if cell.build_log and cell.build_failed:
         links.append(f'<a href="{_e(_href(cell.build_log, base))}">build log</a>')
     return " · ".join(links)
 
@@ -349,13 +358,13 @@ def junit(report: Report) -> str:
             seconds += cell.seconds
             counts["tests"] += 1
             kind = _junit_kind(cell)
-            if kind:
-                counts[{"failure": "failures", "error": "errors", "skipped": "skipped"}[kind]] += 1
+            if kind is not None:
+                counts[JUNIT_COUNTERS[kind]] += 1
                 change = f"[{CHANGE_LABELS[cell.change]}] " if cell.change else ""
                 message = f"{change}{LABELS[cell.outcome]}: {first_line(cell.reason)}"
                 el = ET.SubElement(case, kind, message=_x(message))
                 if kind != "skipped":
-                    el.set("type", cell.outcome)
+                    el.set("type", cell.outcome.value)
                     el.text = _x(cell.reason)
             out = cell.evidence + ([f"console log: {cell.console_log}"] if cell.console_log else [])
             if out:
@@ -370,11 +379,11 @@ def junit(report: Report) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, "unicode") + "\n"
 
 
-def _junit_kind(cell: Cell) -> str:
+def _junit_kind(cell: Cell) -> JUnitKind | None:
     if cell.outcome in (FAIL, XPASS):
         return "failure"
     if cell.outcome == NOT_RUN:
         return "error" if cell.kernel_failed else "skipped"
     if cell.outcome == NA:
         return "skipped"
-    return ""
+    return None

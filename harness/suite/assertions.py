@@ -1,7 +1,7 @@
-"""Verdicts for one module step, from text: its dmesg, the guest's /proc/kallsyms, taint values.
+"""Checks for one module step, on text: its kernel lines, the guest's /proc/kallsyms, taint.
 
-Pure functions, so they are tested on captured logs. Sample modules print one line per
-symbol they reached through a klp relocation:
+Pure functions, used by harness.suite.judge. Sample modules print one line per symbol
+they reached through a klp relocation:
 
     klp-harness: resolved <name>,<sympos> 0x<address>
 
@@ -15,36 +15,29 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-from harness.errors import SymbolFileError
+from harness.klp.symbols import KallsymsLine, kallsyms_lines
 from harness.vm import dmesg
 
 RESOLVED_RE = re.compile(
     r"klp-harness: resolved (?P<name>[^\s,]+),(?P<sympos>\d+) (?P<address>0x[0-9a-fA-F]+)\b"
 )
-_KALLSYMS_LINE = re.compile(r"^([0-9a-fA-F]+) (\S) (\S+)(?:\s+\[(\S+)\])?\s*$")
 SPLAT_CONTEXT = 4  # lines after a splat line kept as evidence (RIP, Call Trace head)
-
-
-@dataclass(frozen=True)
-class KallsymsEntry:
-    address: int
-    type: str
-    name: str
-    module: str | None  # None for vmlinux
-    line: str
 
 
 @dataclass
 class KallsymsIndex:
     """/proc/kallsyms text, indexed by name; vmlinux entries keep file order (sympos order)."""
 
-    vmlinux: dict[str, list[KallsymsEntry]] = field(default_factory=dict)
-    modules: dict[str, list[KallsymsEntry]] = field(default_factory=dict)
+    vmlinux: dict[str, list[KallsymsLine]] = field(default_factory=dict)
+    modules: dict[str, list[KallsymsLine]] = field(default_factory=dict)
     count: int = 0
-    _by_address: dict[int, list[KallsymsEntry]] | None = field(default=None, repr=False)
+    _by_address: dict[int, list[KallsymsLine]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
-    def at_address(self, address: int) -> list[KallsymsEntry]:
+    def at_address(self, address: int) -> list[KallsymsLine]:
         """Every vmlinux symbol at `address` (for evidence: what a wrong address points at)."""
         if self._by_address is None:
             self._by_address = {}
@@ -57,13 +50,7 @@ class KallsymsIndex:
 def parse_kallsyms(text: str, source: str = "kallsyms") -> KallsymsIndex:
     """Parse /proc/kallsyms; a malformed line raises SymbolFileError naming `source` and line."""
     index = KallsymsIndex()
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        m = _KALLSYMS_LINE.match(raw)
-        if m is None:
-            raise SymbolFileError(f"{source}:{number}: not a kallsyms line: {raw[:80]!r}")
-        entry = KallsymsEntry(int(m.group(1), 16), m.group(2), m.group(3), m.group(4), raw)
+    for entry in kallsyms_lines(text, source):
         table = index.vmlinux if entry.module is None else index.modules
         table.setdefault(entry.name, []).append(entry)
         index.count += 1
@@ -88,9 +75,15 @@ def parse_resolved(lines: Iterable[str]) -> list[Resolved]:
     return out
 
 
+# address: a resolved address differs from kallsyms; symbol: kallsyms has no such symbol;
+# missing: an expected line, check result or command did not happen; splat: a kernel splat;
+# taint: a taint flag the step may not set.
+FindingKind = Literal["address", "symbol", "missing", "splat", "taint"]
+
+
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "address" | "symbol" | "missing" | "forbidden" | "splat" | "taint"
+    kind: FindingKind
     message: str
     evidence: tuple[str, ...] = ()  # dmesg lines, kallsyms lines
 
@@ -102,14 +95,14 @@ class Finding:
 @dataclass(frozen=True)
 class AddressCheck:
     resolved: Resolved
-    entry: KallsymsEntry | None  # the symbol the name and sympos select, if any
+    entry: KallsymsLine | None  # the symbol the name and sympos select, if any
 
     @property
     def ok(self) -> bool:
         return self.entry is not None and self.entry.address == self.resolved.address
 
 
-def select_symbol(index: KallsymsIndex, name: str, sympos: int) -> tuple[KallsymsEntry | None, str]:
+def select_symbol(index: KallsymsIndex, name: str, sympos: int) -> tuple[KallsymsLine | None, str]:
     """The vmlinux symbol `name,sympos` selects, else None and why (the kernel's rule)."""
     entries = index.vmlinux.get(name, [])
     if not entries:
@@ -141,44 +134,26 @@ def check_addresses(
                 Finding(
                     "address",
                     f"{label}: module saw {res.address:#x}{zero}, kallsyms has {entry.address:#x}",
-                    (res.line, entry.line, *(f"at {res.address:#x}: {e.line}" for e in there)),
+                    (res.line, entry.raw, *(f"at {res.address:#x}: {e.raw}" for e in there)),
                 )
             )
     return checks, findings
 
 
-def check_expected(
-    lines: Sequence[str], patterns: Iterable[str | re.Pattern[str]]
-) -> list[Finding]:
+def check_expected(lines: Sequence[str], patterns: Iterable[str]) -> list[Finding]:
     """Each pattern (a regex, `re.search`) must match some line."""
     findings = []
     for pattern in patterns:
-        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        rx = re.compile(pattern)
         if not any(rx.search(line) for line in lines):
             findings.append(Finding("missing", f"no dmesg line matches /{rx.pattern}/"))
     return findings
 
 
-def check_forbidden(
-    lines: Sequence[str], patterns: Iterable[str | re.Pattern[str]]
-) -> list[Finding]:
-    """No line may match any of `patterns`."""
-    findings = []
-    for pattern in patterns:
-        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        hits = tuple(line for line in lines if rx.search(line))
-        if hits:
-            findings.append(Finding("forbidden", f"dmesg matches /{rx.pattern}/", hits[:5]))
-    return findings
-
-
-def check_splats(lines: Sequence[str], allowed: Iterable[str] = ()) -> list[Finding]:
-    """One finding per splat line whose kind is not in `allowed` (e.g. {"WARNING"})."""
-    allow = set(allowed)
+def check_splats(lines: Sequence[str]) -> list[Finding]:
+    """One finding per kernel splat (WARNING, BUG, Oops, ...) among `lines`."""
     findings = []
     for splat in dmesg.scan_splats(list(lines)):
-        if splat.kind in allow:
-            continue
         context = tuple(lines[splat.index : splat.index + 1 + SPLAT_CONTEXT])
         findings.append(Finding("splat", f"{splat.kind}: {splat.line}", context))
     return findings
@@ -197,58 +172,3 @@ def check_taint(before: int, after: int, allowed: str = "OE") -> list[Finding]:
             (f"/proc/sys/kernel/tainted: {before} -> {after}",),
         )
     ]
-
-
-@dataclass(frozen=True)
-class StepReport:
-    findings: tuple[Finding, ...]
-    checks: tuple[AddressCheck, ...]
-    lines: tuple[str, ...]  # the step's dmesg
-
-    @property
-    def ok(self) -> bool:
-        return not self.findings
-
-    def summary(self) -> str:
-        good = sum(1 for c in self.checks if c.ok)
-        head = f"{good}/{len(self.checks)} addresses match kallsyms"
-        if self.ok:
-            return f"ok: {head}"
-        return f"{len(self.findings)} finding(s), {head}\n" + "\n".join(
-            f"  {f}" for f in self.findings
-        )
-
-
-def assess_step(
-    lines: Sequence[str],
-    *,
-    kallsyms: KallsymsIndex | str | None = None,
-    expected: Iterable[str | re.Pattern[str]] = (),
-    forbidden: Iterable[str | re.Pattern[str]] = (),
-    taint_before: int | None = None,
-    taint_after: int | None = None,
-    allowed_taints: str = "OE",
-    allowed_splats: Iterable[str] = (),
-    min_resolved: int = 0,
-) -> StepReport:
-    """Every check on one step's dmesg (the lines after its canary).
-
-    Address lines are checked when `kallsyms` is given; `min_resolved` demands at least that
-    many address lines (a module that printed none proved nothing).
-    """
-    lines = [dmesg.strip_prefix(line) for line in lines]
-    findings = check_expected(lines, expected) + check_forbidden(lines, forbidden)
-    resolved = parse_resolved(lines)
-    checks: list[AddressCheck] = []
-    if kallsyms is not None:
-        index = parse_kallsyms(kallsyms) if isinstance(kallsyms, str) else kallsyms
-        checks, address_findings = check_addresses(resolved, index)
-        findings += address_findings
-    if len(resolved) < min_resolved:
-        findings.append(
-            Finding("missing", f"{len(resolved)} resolved-address line(s), want {min_resolved}")
-        )
-    findings += check_splats(lines, allowed_splats)
-    if taint_before is not None and taint_after is not None:
-        findings += check_taint(taint_before, taint_after, allowed_taints)
-    return StepReport(tuple(findings), tuple(checks), tuple(lines))

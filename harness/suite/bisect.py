@@ -14,10 +14,12 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from harness.console import Printer
 from harness.errors import KernelError, UsageError
 from harness.kernels.spec import parse_spec
-from harness.suite.results import KernelResult, ModuleResult
+from harness.suite.results import KernelResult, ModuleResult, Outcome
 from harness.suite.samples import Sample
 
 _IMAGE = re.compile(r"linux-image-(?P<abi>\d+\.\d+\S*?)-(?P<flavour>[a-z]+-amd64|amd64)$")
@@ -109,10 +111,16 @@ def pick(versions: Sequence[KernelVersion], wanted: str | None, default: int) ->
     raise UsageError(f"{wanted}: not a reachable version of this suite ({known})")
 
 
+KERNEL_ERROR: Literal["kernel-error"] = (
+    "kernel-error"  # the kernel could not be fetched, built for or booted
+)
+Verdict = Outcome | Literal["kernel-error"]
+
+
 @dataclass(frozen=True)
 class Step:
     version: KernelVersion
-    outcome: str  # the module's outcome, or "kernel-error"
+    outcome: Verdict  # the module's outcome, or KERNEL_ERROR
     result: ModuleResult | None
     kernel: KernelResult
 
@@ -147,16 +155,19 @@ def bisect(versions: Sequence[KernelVersion], good: int, bad: int, test: Runner)
     return BisectResult(lo, hi, tuple(tested))
 
 
-def runner_for(sample: Sample, results_dir: Path, out: Callable[[str], None]) -> Runner:
+def runner_for(sample: Sample, results_dir: Path, printer: Printer | None = None) -> Runner:
     """Boot one kernel version with `sample` (and what it requires): that version's Step."""
     from harness.suite.runner import run_kernel
 
+    printer = printer or Printer()
+
     def test(version: KernelVersion) -> Step:
-        out(f"bisect: testing {version.abi} ({version.version})")
-        kernel = run_kernel(version.spec, [sample], results_dir / version.abi, out)
+        printer.say(f"bisect: testing {version.abi} ({version.version})")
+        where = results_dir / version.abi
+        kernel = run_kernel(version.spec, [sample], where, printer=printer)
         result = next((m for m in kernel.modules if m.sample == sample.name), None)
-        outcome = result.outcome if result and not kernel.error else "kernel-error"
-        out(f"bisect: {version.abi}: {outcome}")
+        outcome: Verdict = result.outcome if result and not kernel.error else KERNEL_ERROR
+        printer.say(f"bisect: {version.abi}: {outcome}")
         return Step(version, outcome, result, kernel)
 
     return test

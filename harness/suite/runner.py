@@ -10,27 +10,34 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from harness.build.modules import BuiltModule, build_with_requirements, builds_dir
 from harness.build.toolchain import select
+from harness.console import Printer
 from harness.errors import BootError, HarnessError
-from harness.fileio import exclusive_dir, printable
+from harness.fileio import exclusive_dir
 from harness.kernels.kernel import Kernel
-from harness.suite.results import FAIL, NA, NOT_RUN, KernelResult, ModuleResult, RunResults
+from harness.suite.results import (
+    FAIL,
+    NA,
+    NOT_RUN,
+    KernelResult,
+    ModuleResult,
+    RunResults,
+)
 from harness.suite.samples import Expectation, Sample
-from harness.vm import dmesg
-from harness.vm.guest import GuestError
+from harness.suite.steps import GuestSteps, StepGuest
+from harness.suite.transcript import transcript_file
 
-Printer = Callable[[str], None]
 MAX_BOOTS = 4  # per kernel: the first boot and three more after guests that died in a step
-MAX_EVIDENCE_LINES = 40
 REPORTED_OPTIONS = (
     "LIVEPATCH",
     "KALLSYMS_ALL",
@@ -40,8 +47,46 @@ REPORTED_OPTIONS = (
 )
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+class BootedGuest(StepGuest, Protocol):
+    """A guest at a ready shell (harness.vm.guest.Guest), as the runner sees it."""
+
+    @property
+    def accel(self) -> str: ...
+
+    @property
+    def boot_seconds(self) -> float: ...
+
+
+# Boot a kernel, writing its console to the given log (`cpus` vCPUs, None: the default).
+Booter = Callable[[Kernel, Path, int | None], AbstractContextManager[BootedGuest]]
+Builder = Callable[[Kernel, Sample], tuple[BuiltModule, tuple[BuiltModule, ...]]]
+Acquirer = Callable[[str, Printer], Kernel]
+
+
+def boot_guest(
+    kernel: Kernel, console_log: Path, cpus: int | None
+) -> AbstractContextManager[BootedGuest]:
+    """A real boot under QEMU, with the kernel's module builds visible in the guest."""
+    from harness.vm.boot import boot
+
+    return boot(kernel, console_log, cpus=cpus, modules=builds_dir(kernel))
+
+
+def acquire_kernel(spec: str, printer: Printer) -> Kernel:
+    from harness.kernels.acquire import acquire
+
+    return acquire(spec, printer=printer)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a run gets its kernels, module builds and guests: the real ones by default.
+    A unit test replaces them (a guest that replays recorded transcripts) to exercise
+    the runner's own rules without a VM: reboots, blame, MAX_BOOTS, results on disk."""
+
+    acquire: Acquirer = acquire_kernel
+    build: Builder = build_with_requirements
+    boot: Booter = boot_guest
 
 
 @dataclass(frozen=True)
@@ -66,8 +111,15 @@ def describe_kernel(kernel: Kernel, result: KernelResult) -> None:
         result.toolchain = select(kernel).description
 
 
-def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
+def prepare(
+    kernel: Kernel,
+    sample: Sample,
+    *,
+    printer: Printer | None = None,
+    build: Builder = build_with_requirements,
+) -> Prepared:
     """Decide applicability, then build and convert; a build failure is that module's failure."""
+    printer = printer or Printer()
     expectation = sample.expectation(kernel)
     if expectation.outcome == "not-applicable":
         result = ModuleResult(
@@ -75,7 +127,7 @@ def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
         )
         return Prepared(sample, expectation, None, result)
     try:
-        built, required = build_with_requirements(kernel, sample)
+        built, required = build(kernel, sample)
     except HarnessError as err:
         result = ModuleResult(
             sample.name,
@@ -85,25 +137,22 @@ def prepare(kernel: Kernel, sample: Sample, out: Printer = _stderr) -> Prepared:
             f"build: {err}",
             build_failed=True,
         )
-        out(f"  {sample.name}: build failed: {str(err).splitlines()[0]}")
+        printer.say(f"  {sample.name}: build failed: {str(err).splitlines()[0]}")
         return Prepared(sample, expectation, None, result)
     state = "cached" if built.cached else f"built in {built.seconds:.1f} s"
-    out(f"  {sample.name}: {state} with {built.toolchain}; converted {' '.join(built.converted)}")
+    converted = " ".join(built.converted)
+    printer.say(f"  {sample.name}: {state} with {built.toolchain}; converted {converted}")
     return Prepared(sample, expectation, built, None, required)
 
 
-def _unfinished(
-    item: Prepared, outcome: str, reason: str, console_log: str, evidence: Sequence[str] = ()
-) -> ModuleResult:
-    """A module whose step did not end normally: not run, or the guest died during it."""
+def _not_run(item: Prepared, reason: str, console_log: str) -> ModuleResult:
     built = item.built
     return ModuleResult(
         item.sample.name,
         item.sample.module,
-        outcome,
+        NOT_RUN,
         item.expectation.outcome,
         reason,
-        evidence=list(evidence),
         converted=list(built.converted) if built else [],
         toolchain=built.toolchain if built else "",
         build_log=str(built.log) if built else "",
@@ -111,23 +160,11 @@ def _unfinished(
     )
 
 
-def _died_in_step(item: Prepared, err: BootError, console_log: str) -> ModuleResult:
-    """The step that was running when the guest panicked, hung or turned hostile: it fails,
-    with the cause (the splat or the timeout) and the console's last lines as evidence."""
-    what = err.what if isinstance(err, GuestError) else str(err).split("\n", 1)[0]
-    tail = err.tail if isinstance(err, GuestError) else ()
-    splats = dmesg.scan_splats([dmesg.strip_prefix(line) for line in tail])
-    reason = f"the guest stopped during this step: {what}"
-    if splats and splats[0].line not in reason:
-        reason += f"; first splat: {splats[0].line}"
-    return _unfinished(item, FAIL, reason, console_log, tail[-MAX_EVIDENCE_LINES:])
-
-
-class _Duplicate(Exception):
+class DuplicateKernel(Exception):
     """A spec naming a kernel that another spec of the run already runs."""
 
 
-class _Claims:
+class Claims:
     """Kernel names already taken by a spec of this run: two specs that name one kernel
     (debian:bookworm and its exact ABI) run it once."""
 
@@ -146,89 +183,98 @@ def run_kernel(
     spec: str,
     samples: Sequence[Sample],
     results_dir: Path,
-    out: Printer,
+    *,
+    printer: Printer | None = None,
     cpus: int | None = None,
-    claims: _Claims | None = None,
+    claims: Claims | None = None,
     max_boots: int = MAX_BOOTS,
+    backend: Backend | None = None,
 ) -> KernelResult:
-    """One kernel's results; `_Duplicate` when another spec of the run has this kernel."""
-    from harness.kernels.acquire import acquire
-
+    """One kernel's results; `DuplicateKernel` when another spec of the run has this kernel."""
+    printer = printer or Printer()
+    backend = backend or Backend()
     result = KernelResult(spec=spec)
-    out(f"{spec}: fetching")
+    printer.say(f"{spec}: fetching")
     try:
-        kernel = acquire(spec)
+        kernel = backend.acquire(spec, printer)
     except HarnessError as err:
         result.error = f"kernel: {err}"
         return result
     owner = claims.claim(kernel.name, spec) if claims else None
     if owner is not None:
-        raise _Duplicate(f"{spec}: is {kernel.name}, which {owner} runs already; not run twice")
+        raise DuplicateKernel(
+            f"{spec}: is {kernel.name}, which {owner} runs already; not run twice"
+        )
     describe_kernel(kernel, result)
-    out(f"{spec}: {kernel.name} ({kernel.package_version}); building {len(samples)} module(s)")
-    prepared = [prepare(kernel, s, out) for s in samples]
+    printer.say(
+        f"{spec}: {kernel.name} ({kernel.package_version}); building {len(samples)} module(s)"
+    )
+    prepared = [prepare(kernel, s, printer=printer, build=backend.build) for s in samples]
     results = {p.sample.name: p.result for p in prepared if p.result is not None}
     pending = [p for p in prepared if p.result is None]
     if pending:
-        results.update(_run_steps(kernel, pending, results_dir, out, cpus, result, max_boots))
+        steps = _KernelSteps(kernel, results_dir, printer, cpus, backend.boot)
+        results.update(steps.run(pending, result, max_boots))
     result.modules = [results[s.name] for s in samples if s.name in results]
     return result
 
 
-def _run_steps(
-    kernel: Kernel,
-    pending: list[Prepared],
-    results_dir: Path,
-    out: Printer,
-    cpus: int | None,
-    result: KernelResult,
-    max_boots: int,
-) -> dict[str, ModuleResult]:
-    """Every pending step, in boots of `kernel`: when the guest dies or hangs during a step,
-    that step fails and a new boot runs the rest (up to `max_boots` boots)."""
-    from harness.suite.steps import run_step
-    from harness.vm.boot import boot
+class _KernelSteps:
+    """Every pending step of one kernel, in boots of it: when the guest dies or hangs
+    during a step, that step fails and a new boot runs the rest."""
 
-    done: dict[str, ModuleResult] = {}
-    left = list(pending)
-    boots = 0
-    while left and boots < max_boots:
-        boots += 1
-        log = str(results_dir / f"console-{kernel.name}.log")
-        running: Prepared | None = None
-        try:
-            with boot(kernel, Path(log), cpus=cpus, modules=builds_dir(kernel)) as guest:
-                log = str(guest.console_log)
-                if boots == 1:
-                    result.console_log = log
-                    result.accel, result.boot_seconds = guest.accel, round(guest.boot_seconds, 1)
-                out(
-                    f"{kernel.name}: boot {boots} under {guest.accel} in {guest.boot_seconds:.1f} s"
-                )
-                while left:
-                    running = left.pop(0)
-                    assert running.built is not None
-                    step = run_step(guest, running.sample, running.expectation, running.built,
-                                    running.required)  # fmt: skip
-                    step.console_log = log
-                    done[running.sample.name] = step
-                    running = None
-                    out(printable(f"  {step.sample}: {step.outcome} {step.reason}".rstrip()))
-        except BootError as err:
-            if running is None:  # the boot itself failed: no point in booting again
+    def __init__(
+        self, kernel: Kernel, results_dir: Path, printer: Printer, cpus: int | None, boot: Booter
+    ) -> None:
+        self.kernel, self.results_dir, self.printer = kernel, results_dir, printer
+        self.cpus, self.boot = cpus, boot
+
+    def run(
+        self, pending: list[Prepared], result: KernelResult, max_boots: int
+    ) -> dict[str, ModuleResult]:
+        done: dict[str, ModuleResult] = {}
+        left = list(pending)
+        boots = 0
+        while left and boots < max_boots:
+            boots += 1
+            log = self.results_dir / f"console-{self.kernel.name}.log"
+            try:
+                with self.boot(self.kernel, log, self.cpus) as guest:
+                    if boots == 1:
+                        result.console_log = str(guest.console_log)
+                        result.accel = str(guest.accel)
+                        result.boot_seconds = round(guest.boot_seconds, 1)
+                    self.printer.say(
+                        f"{self.kernel.name}: boot {boots} under {guest.accel} "
+                        f"in {guest.boot_seconds:.1f} s"
+                    )
+                    self._in_guest(GuestSteps(guest, self.kernel), left, done)
+            except BootError as err:  # the boot itself failed: no point in booting again
                 result.error = f"guest: {err}"
                 break
-            # The guest is gone or in an unknown state: blame this step, boot again.
-            done[running.sample.name] = _died_in_step(running, err, log)
-            out(f"  {running.sample.name}: fail: the guest stopped during this step")
-    why = (
-        f"not run: the guest stopped during {max_boots} steps, no boot left"
-        if not result.error
-        else "not run: the guest could not be booted for this step"
-    )
-    for item in left:
-        done[item.sample.name] = _unfinished(item, NOT_RUN, why, result.console_log)
-    return done
+        why = (
+            f"not run: the guest stopped during {max_boots} steps, no boot left"
+            if not result.error
+            else "not run: the guest could not be booted for this step"
+        )
+        for item in left:
+            done[item.sample.name] = _not_run(item, why, result.console_log)
+        return done
+
+    def _in_guest(
+        self, steps: GuestSteps, left: list[Prepared], done: dict[str, ModuleResult]
+    ) -> None:
+        """Steps until none is left or the guest is lost (that step fails: boot again)."""
+        while left:
+            item = left.pop(0)
+            assert item.built is not None
+            step, transcript = steps.run(item.sample, item.expectation, item.built, item.required)
+            transcript.save(transcript_file(self.results_dir, self.kernel.name, item.sample.name))
+            done[item.sample.name] = step
+            if transcript.crash is not None:
+                self.printer.say(f"  {item.sample.name}: fail: the guest stopped during this step")
+                return
+            self.printer.say(f"  {step.sample}: {step.outcome} {step.reason}".rstrip())
 
 
 def default_jobs() -> int:
@@ -240,15 +286,18 @@ def run(
     specs: Sequence[str],
     samples: Sequence[Sample],
     results_dir: Path,
-    out: Printer = _stderr,
+    *,
+    printer: Printer | None = None,
     jobs: int = 1,
     max_boots: int = MAX_BOOTS,
+    backend: Backend | None = None,
 ) -> RunResults:
     """Every kernel x every sample; `jobs` kernels at once. The results file is rewritten
     as each kernel finishes, with the kernels in the order given."""
+    printer = printer or Printer()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = exclusive_dir(results_dir, f"run-{stamp}")  # two runs in one second: -2
-    claims = _Claims()
+    claims = Claims()
     results = RunResults(path=run_dir / "results.json")
     slots: list[KernelResult | None] = [None] * len(specs)
     lock = threading.Lock()
@@ -258,19 +307,28 @@ def run(
     def one(index: int) -> None:
         spec = specs[index]
         start = time.monotonic()
-        printer = out if jobs == 1 else (lambda line: out(f"[{spec}] {line.strip()}"))
+        says = printer if jobs == 1 else printer.for_kernel(spec)
         try:
-            kernel_result = run_kernel(spec, samples, run_dir, printer, cpus, claims, max_boots)
+            kernel_result = run_kernel(
+                spec,
+                samples,
+                run_dir,
+                printer=says,
+                cpus=cpus,
+                claims=claims,
+                max_boots=max_boots,
+                backend=backend,
+            )
         except HarnessError as err:  # e.g. a malformed expectation: that kernel's failure
             kernel_result = KernelResult(spec=spec, error=str(err))
-        except _Duplicate as dup:
-            printer(str(dup))
+        except DuplicateKernel as dup:
+            says.say(str(dup))
             return
         with lock:
             slots[index] = kernel_result
             results.kernels = [k for k in slots if k is not None]
             results.save()
-        printer(f"{spec}: done in {time.monotonic() - start:.1f} s")
+        says.say(f"{spec}: done in {time.monotonic() - start:.1f} s")
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(one, i) for i in range(len(specs))]:

@@ -1,196 +1,156 @@
-"""One module's step in a booted guest: insmod, checks, rmmod, and the verdict.
+"""One module's step in a booted guest: the only part of the suite that talks to it.
 
-Every judgement comes from the kernel's own output: insmod's exit status, the kernel log
-after a canary, the guest's /proc/kallsyms and /proc/sys/kernel/tainted; the checks
-themselves are the pure functions of harness.suite.assertions.
+A step loads the samples the module requires, then the module, runs its checks and
+unloads it all, recording every command with its output, exit status, kernel lines and
+taint as a `Transcript`; harness.suite.judge then gives the verdict from that record,
+the expectation and the guest's /proc/kallsyms. Which commands run depends only on the
+exit statuses (nothing after a failed load); what they mean is the judge's business.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
 
 from harness.build.modules import BuiltModule
-from harness.suite import assertions as check
-from harness.suite.results import FAIL, PASS, XFAIL, XPASS, ModuleResult
+from harness.errors import BootError
+from harness.kernels.kernel import Kernel
+from harness.suite.assertions import KallsymsIndex, parse_kallsyms
+from harness.suite.judge import judge, wants_kallsyms
+from harness.suite.results import ModuleResult
 from harness.suite.samples import Expectation, Sample
-from harness.vm import dmesg
-from harness.vm.guest import Guest
+from harness.suite.transcript import Command, Crash, Role, Transcript
+from harness.vm.guest import GuestError, LoggedResult
 
 
-def matching_lines(patterns: Sequence[str], lines: Sequence[str]) -> list[str]:
-    """The first line each pattern matches: the evidence that the expectation held."""
-    found = []
-    for pattern in patterns:
-        found += [line for line in lines if re.search(pattern, line)][:1]
-    return found
+class StepGuest(Protocol):
+    """What a step needs of a booted guest (harness.vm.guest.Guest)."""
+
+    @property
+    def console_log(self) -> Path: ...
+
+    def path(self, host_path: Path) -> str: ...
+
+    def run_logged(self, cmd: str, label: str, timeout: float = 60) -> LoggedResult: ...
+
+    def kallsyms(self) -> str: ...
 
 
-class Step:
-    """Runs one sample (after the samples it requires) in a guest and judges it."""
+class GuestSteps:
+    """Steps run one after another in one guest; its kallsyms is read and parsed once."""
 
-    def __init__(
+    def __init__(self, guest: StepGuest, kernel: Kernel) -> None:
+        self.guest = guest
+        self.kernel = kernel
+        self._kallsyms: KallsymsIndex | None = None
+
+    def kallsyms(self) -> KallsymsIndex:
+        if self._kallsyms is None:
+            self._kallsyms = parse_kallsyms(self.guest.kallsyms(), "guest /proc/kallsyms")
+        return self._kallsyms
+
+    def run(
         self,
-        guest: Guest,
         sample: Sample,
         expectation: Expectation,
         built: BuiltModule,
         required: Sequence[BuiltModule] = (),
-    ):
+    ) -> tuple[ModuleResult, Transcript]:
+        """Load `built` (after `required`), judge it against `expectation`. A guest lost
+        during the step is in the transcript (`crash`): the guest is no longer usable."""
+        start = time.monotonic()
+        recorder = _Recorder(self.guest, sample, expectation, built, required)
+        crash = recorder.record()
+        transcript = Transcript(
+            sample=sample.name,
+            module=sample.module,
+            kernel=self.kernel.name,
+            release=self.kernel.release,
+            requires=tuple(dep.module for dep in required),
+            commands=tuple(recorder.commands),
+            crash=crash,
+            console_log=str(self.guest.console_log),
+            converted=built.converted,
+            toolchain=built.toolchain,
+            build_log=str(built.log),
+        )
+        index = None
+        if wants_kallsyms(transcript, expectation):
+            try:
+                index = self.kallsyms()
+            except BootError as err:
+                transcript = replace(transcript, crash=_crash("kallsyms", "/proc/kallsyms", err))
+        transcript = replace(transcript, seconds=round(time.monotonic() - start, 2))
+        return judge(transcript, expectation, index), transcript
+
+
+class _Recorder:
+    def __init__(
+        self,
+        guest: StepGuest,
+        sample: Sample,
+        expectation: Expectation,
+        built: BuiltModule,
+        required: Sequence[BuiltModule],
+    ) -> None:
         self.guest, self.sample, self.expectation = guest, sample, expectation
         self.built, self.required = built, required
-        self.findings: list[check.Finding] = []
-        self.evidence: list[str] = []
-        self.lines: list[str] = []  # every kernel line of the step, for address and splat checks
-        self.taint: list[int] = []  # before the first command, after the last
+        self.commands: list[Command] = []
+        self.running: tuple[Role, str] = ("load", "")  # the command under way
 
-    def _logged(self, label: str, cmd: str) -> tuple[int, str, list[str]]:
-        logged = self.guest.run_logged(cmd, f"{self.sample.name} {label}", self.sample.timeout)
-        self.lines += logged.lines
-        self.taint = [self.taint[0] if self.taint else logged.taint_before, logged.taint_after]
-        return logged.result.status, logged.result.output.strip(), logged.lines
+    def record(self) -> Crash | None:
+        """Run the step's commands; how the guest was lost, if it was."""
+        try:
+            self._commands()
+        except BootError as err:
+            return _crash(*self.running, err)
+        return None
 
-    def _expect(self, patterns: Sequence[str], lines: Sequence[str], what: str) -> None:
-        for finding in check.check_expected(lines, patterns):
-            self.findings.append(check.Finding(finding.kind, f"{what}: {finding.message}"))
-        self.evidence += matching_lines(patterns, lines)
-
-    def run(self) -> ModuleResult:
-        start = time.monotonic()
-        loaded = self._load_required()
-        outcome, reason = self._main() if loaded else (FAIL, self._reason())
-        self._unload_required()
-        findings = check.check_splats(self.lines)
-        if findings and outcome == FAIL:  # e.g. insmod killed by an oops: show its dump
-            self.evidence += [line for f in findings[:1] for line in f.evidence]
-        before, after = self.taint
-        findings += check.check_taint(before, after, "OE" + self.expectation.taint)
-        self.findings += findings
-        if self.findings and outcome != FAIL:
-            outcome, reason = FAIL, self._reason()
-        return ModuleResult(
-            sample=self.sample.name,
-            module=self.sample.module,
-            outcome=outcome,
-            expected=self.expectation.outcome,
-            reason=reason,
-            seconds=round(time.monotonic() - start, 2),
-            evidence=self.evidence,
-            converted=list(self.built.converted),
-            toolchain=self.built.toolchain,
-            build_log=str(self.built.log),
-        )
-
-    def _reason(self) -> str:
-        return "; ".join(f.message for f in self.findings)
-
-    def _load_required(self) -> bool:
+    def _commands(self) -> None:
+        guest, module = self.guest, self.sample.module
+        loaded = True
         for dep in self.required:
-            status, output, lines = self._logged(
-                f"load {dep.module}", f"insmod {_q(self.guest.path(dep.ko))}"
-            )
-            if status != 0:
-                tail = _gist(lines, output)
-                self.findings.append(
-                    check.Finding(
-                        "missing", f"required {dep.module}: insmod exited {status}: {tail}"
-                    )
-                )
-                return False
-        return True
+            if self._run("load", dep.module, f"insmod {_q(guest.path(dep.ko))}").status != 0:
+                loaded = False
+                break
+        if loaded:
+            insmod = self._run("insmod", module, f"insmod {_q(guest.path(self.built.ko))}")
+            if insmod.status == 0 and self.expectation.outcome != "refused":
+                for check in self.expectation.checks:
+                    self._run("check", "", check.cmd)
+            if insmod.status == 0:  # loaded, as expected or not: unload it
+                self._run("rmmod", module, f"rmmod {_q(module)}")
+        for dep in reversed(self.required):  # each, loaded or not
+            self._run("unload", dep.module, f"rmmod {_q(dep.module)}")
 
-    def _unload_required(self) -> None:
-        for dep in reversed(self.required):
-            status, output, _ = self._logged(f"unload {dep.module}", f"rmmod {_q(dep.module)}")
-            if status != 0:
-                self.findings.append(check.Finding("missing", f"rmmod {dep.module}: {output}"))
-
-    def _main(self) -> tuple[str, str]:
-        exp = self.expectation
-        status, output, lines = self._logged(
-            "insmod", f"insmod {_q(self.guest.path(self.built.ko))}"
+    def _run(self, role: Role, module: str, cmd: str) -> Command:
+        self.running = (role, cmd)
+        label = f"{role} {module}" if role in ("load", "unload") else role
+        logged = self.guest.run_logged(cmd, f"{self.sample.name} {label}", self.sample.timeout)
+        command = Command(
+            role=role,
+            module=module,
+            cmd=cmd,
+            status=logged.result.status,
+            output=logged.result.output,
+            kernel=tuple(logged.lines),
+            taint_before=logged.taint_before,
+            taint_after=logged.taint_after,
+            seconds=round(logged.result.seconds, 2),
         )
-        if exp.outcome == "refused":
-            if status == 0:
-                self._unload()
-                return XPASS, "loaded, but a refusal was expected"
-            missing = check.check_expected(lines, exp.dmesg)
-            if missing:
-                wanted = "; ".join(f.message for f in missing)
-                return FAIL, f"refused (insmod exited {status}), but {wanted}"
-            self.evidence += [f"insmod exited {status}", *matching_lines(exp.dmesg, lines)]
-            return XFAIL, "refused as expected: " + " | ".join(matching_lines(exp.dmesg, lines))
-        if status != 0:
-            return FAIL, f"insmod exited {status}: {_gist(lines, output)}"
-        self._expect(exp.dmesg, lines, "insmod")
-        for guest_check in exp.checks:
-            self._check(guest_check.cmd, guest_check.status, guest_check.output, guest_check.dmesg)
-        self._unload()
-        self._addresses()
-        return (FAIL, self._reason()) if self.findings else (PASS, "")
-
-    def _addresses(self) -> None:
-        """Every address any part of the step printed, against the guest's /proc/kallsyms."""
-        resolved = check.parse_resolved(self.lines)
-        index = check.parse_kallsyms(self.guest.kallsyms(), "guest /proc/kallsyms")
-        checks, findings = check.check_addresses(resolved, index)
-        self.findings += findings
-        for item in checks:
-            if item.ok and item.entry is not None:
-                self.evidence += [item.resolved.line, f"/proc/kallsyms: {item.entry.line}"]
-        reported = {r.name for r in resolved}
-        unreported = [n for n in self.expectation.resolved if n not in reported]
-        if unreported:
-            self.findings.append(
-                check.Finding("missing", f"module reported no address for {', '.join(unreported)}")
-            )
-
-    def _check(
-        self, cmd: str, want_status: int, output: Sequence[str], want: Sequence[str]
-    ) -> None:
-        status, text, lines = self._logged("check", cmd)
-        self.evidence += [f"$ {cmd}", *text.splitlines()[:3]]
-        if status != want_status:
-            self.findings.append(
-                check.Finding(
-                    "missing", f"`{cmd}` exited {status}, not {want_status}: {text[-200:]}"
-                )
-            )
-        out_lines = text.splitlines()
-        for pattern in output:
-            if not any(re.search(pattern, line) for line in out_lines):
-                self.findings.append(
-                    check.Finding("missing", f"`{cmd}` printed no line matching /{pattern}/")
-                )
-        self._expect(want, lines, f"`{cmd}`")
-
-    def _unload(self) -> None:
-        status, output, lines = self._logged("rmmod", f"rmmod {_q(self.sample.module)}")
-        if status != 0:
-            self.findings.append(check.Finding("missing", f"rmmod exited {status}: {output}"))
-        self._expect(self.expectation.rmmod_dmesg, lines, "rmmod")
+        self.commands.append(command)
+        return command
 
 
-def _gist(lines: Sequence[str], output: str) -> str:
-    """What a failed command's kernel lines say: the first splat (an oops's `BUG:` line,
-    not the `CR2` at the end of its dump) and the last lines; else the command's output."""
-    splats = dmesg.scan_splats(list(lines))
-    head = [splats[0].line] if splats else []
-    return " | ".join([*head, *(line for line in lines[-3:] if line not in head)]) or output
+def _crash(role: Role, cmd: str, err: BootError) -> Crash:
+    if isinstance(err, GuestError):
+        return Crash(role, cmd, err.what, err.tail)
+    return Crash(role, cmd, str(err).split("\n", 1)[0])
 
 
 def _q(value: object) -> str:
     return shlex.quote(str(value))
-
-
-def run_step(
-    guest: Guest,
-    sample: Sample,
-    expectation: Expectation,
-    built: BuiltModule,
-    required: Sequence[BuiltModule] = (),
-) -> ModuleResult:
-    """Load `built` (after `required`) in `guest` and judge it against `expectation`."""
-    return Step(guest, sample, expectation, built, required).run()

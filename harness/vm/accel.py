@@ -26,15 +26,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from harness.cache import atomic_write_text, cache_dir, locked
 from harness.errors import HarnessError
 from harness.fileio import read_regular
 
-ENV_VAR = "KLP_HARNESS_ACCEL"  # "kvm" or "tcg": skip the probe
+
+class Accel(StrEnum):
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+ACCELS = tuple(Accel)
+ENV_VAR = "KLP_HARNESS_ACCEL"  # "kvm" or "tcg" (an Accel): skip the probe
 PROBE_TIMEOUT = 12.0
-ACCELS = ("kvm", "tcg")
 VERDICTS = "kvm-probe.json"  # in cache_dir("accel")
 MAX_VERDICTS = 16
 KVM_DEVICE = "/dev/kvm"
@@ -45,7 +52,7 @@ _libc = ctypes.CDLL(None, use_errno=True)  # resolved here, not in a forked chil
 
 @dataclass(frozen=True)
 class AccelChoice:
-    accel: str  # "kvm" | "tcg"
+    accel: Accel
     reason: str  # one line: why, for reports
     seconds: float  # time the probe took
 
@@ -76,7 +83,7 @@ def die_with_parent() -> Callable[[], None]:
     return functools.partial(_kill_me_when_parent_dies, os.getpid())
 
 
-def _kvm_unusable() -> str | None:
+def kvm_unusable() -> str | None:
     """Why KVM cannot even be tried (no probe boot needed), or None."""
     if not os.path.exists(KVM_DEVICE):
         return f"{KVM_DEVICE} does not exist"
@@ -110,15 +117,16 @@ def _run_probe(cmd: list[str], timeout: float) -> tuple[bytes, bytes, int]:
     return out, err, proc.returncode
 
 
-def _probe_kvm(vmlinuz: Path, timeout: float, accel: str = "kvm") -> tuple[bool, str]:
-    """`accel="tcg"` runs the same probe without KVM: tests use it to check the probe itself."""
-    if accel == "kvm" and (why := _kvm_unusable()):
+def probe_boot(vmlinuz: Path, timeout: float, accel: Accel = Accel.KVM) -> tuple[bool, str]:
+    """Whether `vmlinuz` boots to its expected panic under `accel`, and why (one line).
+    Accel.TCG runs the same probe without KVM: tests use it to check the probe itself."""
+    if accel == Accel.KVM and (why := kvm_unusable()):
         return False, why
     qemu = qemu_binary()
     if qemu is None:
         return False, "qemu-system-x86_64 not found"
     cmd = [
-        qemu, "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+        qemu, "-accel", accel, "-cpu", "host" if accel == Accel.KVM else "max",
         "-machine", "q35", "-m", "256",
         "-nodefaults", "-display", "none", "-no-reboot",
         "-serial", "stdio",  # captured below: no temp file to leave behind
@@ -160,7 +168,7 @@ def verdict_key(vmlinuz: Path, timeout: float) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-Verdict = tuple[str, str, float]  # accel, reason, time probed
+Verdict = tuple[Accel, str, float]  # accel, reason, time probed
 
 
 def _load_verdicts(path: Path) -> dict[str, Verdict]:
@@ -173,7 +181,7 @@ def _load_verdicts(path: Path) -> dict[str, Verdict]:
         if isinstance(entry, dict) and entry.get("accel") in ACCELS:
             reason, when = entry.get("reason"), entry.get("time")
             if isinstance(reason, str) and isinstance(when, int | float):
-                verdicts[key] = (entry["accel"], reason, float(when))
+                verdicts[key] = (Accel(entry["accel"]), reason, float(when))
     return verdicts
 
 
@@ -209,15 +217,16 @@ def choose_accel(vmlinuz: Path, timeout: float = PROBE_TIMEOUT) -> AccelChoice:
         forced = os.environ.get(ENV_VAR, "").strip().lower()
         start = time.monotonic()
         if forced in ACCELS:
-            choice = AccelChoice(forced, f"${ENV_VAR}={forced}", 0.0)
-        elif why := _kvm_unusable():
-            choice = AccelChoice("tcg", why, time.monotonic() - start)
+            choice = AccelChoice(Accel(forced), f"${ENV_VAR}={forced}", 0.0)
+        elif why := kvm_unusable():
+            choice = AccelChoice(Accel.TCG, why, time.monotonic() - start)
         else:
             key = verdict_key(vmlinuz, timeout)
             found = cached_verdict(key)
             if found is None:
-                ok, reason = _probe_kvm(vmlinuz, timeout)
-                found = AccelChoice("kvm" if ok else "tcg", reason, time.monotonic() - start)
+                ok, reason = probe_boot(vmlinuz, timeout)
+                accel = Accel.KVM if ok else Accel.TCG
+                found = AccelChoice(accel, reason, time.monotonic() - start)
                 store_verdict(key, found)
             choice = found
         _cached = choice

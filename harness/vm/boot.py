@@ -23,7 +23,7 @@ from harness.errors import BootError
 from harness.fileio import exclusive_file
 from harness.kernels.kernel import Kernel
 from harness.vm import guestroot
-from harness.vm.accel import ACCELS, AccelChoice, choose_accel, die_with_parent
+from harness.vm.accel import ACCELS, Accel, AccelChoice, choose_accel, die_with_parent
 from harness.vm.guest import CommandResult, Guest, GuestDied, GuestTimeout
 
 __all__ = ["CommandResult", "Guest", "GuestDied", "GuestTimeout", "boot", "vng_command"]
@@ -59,7 +59,7 @@ def vng_environment(vng: str) -> dict[str, str]:
 def vng_command(
     vmlinuz: Path,
     share_dir: Path,
-    accel: str,
+    accel: Accel,
     cpus: int | None = None,
     *,
     root: Path,
@@ -76,7 +76,7 @@ def vng_command(
     ]  # fmt: skip
     for arg in KERNEL_ARGS:
         cmd += ["--append", arg]
-    if accel == "tcg":
+    if accel == Accel.TCG:
         cmd.append("--disable-kvm")
     if cpus is not None:
         cmd += ["--cpus", str(cpus)]
@@ -135,7 +135,7 @@ def bootable_image(kernel: Kernel) -> Path:
     return image
 
 
-def _share_dir(console_log: Path, share_dir: Path | None) -> Path:
+def new_share_dir(console_log: Path, share_dir: Path | None) -> Path:
     """The guest's writable directory: a new one beside the console log unless given."""
     share = share_dir or console_log.parent / f"{console_log.stem}.files"
     share = Path(os.path.abspath(share))
@@ -174,17 +174,17 @@ def boot(
     if accel is None:
         choice = choose_accel(kernel.vmlinuz)
     elif accel in ACCELS:
-        choice = AccelChoice(accel, "requested by the caller", 0.0)
+        choice = AccelChoice(Accel(accel), "requested by the caller", 0.0)
     else:
         raise BootError(f"unknown accelerator {accel!r} (expected one of {', '.join(ACCELS)})")
-    scale = timeout_scale or (1.0 if choice.accel == "kvm" else TCG_SCALE)
+    scale = timeout_scale or (1.0 if choice.accel == Accel.KVM else TCG_SCALE)
     if not kernel.vmlinuz.is_file():
         raise BootError(f"{kernel.name}: boot: no kernel image at {kernel.vmlinuz}")
     image = bootable_image(kernel)
     # A new console log per boot (`-2`, `-3`... when the name is taken): never another's.
     console_log, log = exclusive_file(console_log)
     try:
-        share = _share_dir(console_log, share_dir)
+        share = new_share_dir(console_log, share_dir)
         cmd = vng_command(
             image, share, choice.accel, cpus, root=guestroot.guest_root(), modules=modules
         )

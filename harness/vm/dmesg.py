@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 # util-linux `dmesg` prints "[    1.234567] msg"; /dev/kmsg-style and console captures may
 # carry "<6>" before it. Console logs also carry \r and terminal escapes.
@@ -52,33 +53,37 @@ def lines_since(text: str, canary: str) -> list[str] | None:
     return None
 
 
+# What a splat is, as samples name it in an allow list (expect.toml).
+SplatKind = Literal[
+    "Oops", "BUG", "kernel BUG", "WARNING", "general protection fault", "Kernel panic",
+    "Call Trace", "KASAN", "UBSAN", "KFENCE", "RCU stall", "hung task", "list corruption",
+    "refcount", "unable to handle",
+]  # fmt: skip
 # Case-sensitive, whole words: a case-insensitive "oops" matches the ordinary
 # "loops_per_jiffy" line under TCG.
-SPLAT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern))
-    for name, pattern in (
-        ("Oops", r"(?<![\w-])Oops\b"),
-        ("BUG", r"(?<![\w-])BUG:"),
-        ("kernel BUG", r"\bkernel BUG at\b"),
-        ("WARNING", r"(?<![\w-])WARNING:"),
-        ("general protection fault", r"\bgeneral protection fault\b"),
-        ("Kernel panic", r"\bKernel panic\b"),
-        ("Call Trace", r"\bCall Trace:"),
-        ("KASAN", r"\bKASAN:"),
-        ("UBSAN", r"\bUBSAN:"),
-        ("KFENCE", r"\bKFENCE:"),
-        ("RCU stall", r"\brcu: INFO: \w+ (?:self-)?detected stalls?\b"),
-        ("hung task", r"\bINFO: task .* blocked for more than\b"),
-        ("list corruption", r"\blist_(?:add|del) corruption\b"),
-        ("refcount", r"\brefcount_t: "),
-        ("unable to handle", r"\bUnable to handle kernel\b"),
-    )
+_PATTERNS: tuple[tuple[SplatKind, str], ...] = (
+    ("Oops", r"(?<![\w-])Oops\b"),
+    ("BUG", r"(?<![\w-])BUG:"),
+    ("kernel BUG", r"\bkernel BUG at\b"),
+    ("WARNING", r"(?<![\w-])WARNING:"),
+    ("general protection fault", r"\bgeneral protection fault\b"),
+    ("Kernel panic", r"\bKernel panic\b"),
+    ("Call Trace", r"\bCall Trace:"),
+    ("KASAN", r"\bKASAN:"),
+    ("UBSAN", r"\bUBSAN:"),
+    ("KFENCE", r"\bKFENCE:"),
+    ("RCU stall", r"\brcu: INFO: \w+ (?:self-)?detected stalls?\b"),
+    ("hung task", r"\bINFO: task .* blocked for more than\b"),
+    ("list corruption", r"\blist_(?:add|del) corruption\b"),
+    ("refcount", r"\brefcount_t: "),
+    ("unable to handle", r"\bUnable to handle kernel\b"),
 )
+SPLAT_PATTERNS = tuple((kind, re.compile(pattern)) for kind, pattern in _PATTERNS)
 
 
 @dataclass(frozen=True)
 class Splat:
-    kind: str  # a SPLAT_PATTERNS name
+    kind: SplatKind
     line: str  # the message that matched
     index: int  # its position in the scanned list
 

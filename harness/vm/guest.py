@@ -3,43 +3,35 @@
 The console only carries short control lines and end markers; every command's output goes
 to a file in a directory shared read-write with the host (virtme-ng `--rwdir`), so kernel
 messages interleaving on the console can never corrupt it, and big outputs (kallsyms) cost
-a 9p write instead of a slow serial transfer under TCG.
-
-The guest runs untrusted kernel code and can write that directory: every name in it may be
-a symlink, a FIFO, a device node or a huge file by the time the host looks. So the host
-creates its scripts exclusively under unpredictable names, reads only regular files, never
-through a link, up to a bound, all relative to a directory fd opened at boot; and after
-power-off it removes whatever the guest left there that is not a regular file or directory.
+a 9p write instead of a slow serial transfer under TCG. The guest can write there too, so
+the host handles that directory as hostile (harness.vm.sharedir).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, NoReturn
+from typing import IO, Literal, NoReturn
 
 import pexpect
 
 from harness.errors import BootError, FileReadError
-from harness.fileio import (
-    MissingFileError,
-    open_dir,
-    read_regular,
-    sweep_special_files,
-    write_new,
-)
 from harness.vm import dmesg
+from harness.vm.accel import Accel
 from harness.vm.consolelog import console_tail
 from harness.vm.guestroot import GUEST_SHARE, guest_path
+from harness.vm.sharedir import SharedDir
 
 OUTPUT_LIMIT = 16 << 20  # a command's output, a dmesg dump: far above a 1 MiB log buffer
 KALLSYMS_LIMIT = 256 << 20  # /proc/kallsyms of a big config is tens of MiB
+# What the guest was doing when an error came: booting, running a command, or (the shared
+# dir) the host found a file there that the guest should not have made.
+Phase = Literal["boot", "command", "shared dir"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +85,7 @@ class Guest:
         child: pexpect.spawn,
         *,
         kernel_name: str,
-        accel: str,
+        accel: Accel,
         accel_reason: str,
         timeout_scale: float,
         console_log: Path,
@@ -115,12 +107,11 @@ class Guest:
         self.boot_seconds = 0.0
         self._token = "KLPH" + secrets.token_hex(6)
         self._seq = 0
-        self._stems: dict[int, str] = {}
         self._dead = False
         self._closed = False
         self._kallsyms: str | None = None
         self._started = time.monotonic()
-        self._dir_fd = open_dir(share_dir)
+        self._share = SharedDir(share_dir)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -182,10 +173,14 @@ class Guest:
         finally:
             self._closed = True
             self._child.close(force=True)
-            for path, kind in sweep_special_files(self.share_dir):
+            for path, kind in self._share.close():
                 self._note(f"removed {kind} {path} that the guest left in the shared dir")
-            os.close(self._dir_fd)
             self._log.close()
+
+    def kill(self) -> None:
+        """Stop qemu at once: no power-off, no dmesg saved (`close` still cleans up)."""
+        self._dead = True
+        self._child.close(force=True)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -202,9 +197,9 @@ class Guest:
         if not self.alive:
             raise self._error(GuestDied, "command", f"guest is not running for {cmd!r}")
         self._seq += 1
-        stem = self._stem(self._seq)
+        stem = self._share.stem(self._seq)
         try:
-            write_new(f"{stem}.sh", (cmd + "\n").encode(), dir_fd=self._dir_fd)
+            self._share.create(f"{stem}.sh", (cmd + "\n").encode())
         except FileReadError as err:
             self._fail_hostile(f"cannot write the command script: {err}")
         line = (
@@ -225,7 +220,7 @@ class Guest:
         """A file the guest wrote in the shared dir: regular, not a link, at most `limit`
         bytes; anything else stops the guest with GuestFileError."""
         try:
-            return read_regular(name, limit, follow=False, dir_fd=self._dir_fd, what=name)
+            return self._share.read(name, limit)
         except FileReadError as err:
             self._fail_hostile(str(err))
 
@@ -247,7 +242,7 @@ class Guest:
         """`cmd` between a /dev/kmsg canary and a dmesg read, with the taint before and after,
         all in one round trip: the kernel lines it caused come back with its output."""
         seq = self._seq + 1  # the number `run` gives this command
-        stem = self._stem(seq)
+        stem = self._share.stem(seq)
         canary = dmesg.canary_line(label, f"{self._token}-{seq}")
         script = (
             f"cat /proc/sys/kernel/tainted > {stem}.taint0\n"
@@ -315,16 +310,8 @@ class Guest:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _stem(self, seq: int) -> str:
-        """File names of command `seq`: numbered for readers, with a part the guest cannot
-        guess before the host picks it, so nothing can be planted under them."""
-        if seq not in self._stems:
-            self._stems[seq] = f"cmd-{seq:04d}-{secrets.token_hex(4)}"
-        return self._stems[seq]
-
     def _fail_hostile(self, what: str) -> NoReturn:
-        self._dead = True
-        self._child.close(force=True)
+        self.kill()
         raise self._error(
             GuestFileError, "shared dir", f"{what}; the guest was stopped (hostile or broken)"
         )
@@ -336,10 +323,10 @@ class Guest:
         self._log.write(f"\n# klp-harness: {first[:300]}{more}\n".encode())
         self._log.flush()
 
-    def _message(self, phase: str, what: str) -> str:
+    def _message(self, phase: Phase, what: str) -> str:
         return str(self._error(GuestError, phase, what))
 
-    def _error(self, kind: type[GuestError], phase: str, what: str) -> GuestError:
+    def _error(self, kind: type[GuestError], phase: Phase, what: str) -> GuestError:
         tail = console_tail(self.console_log)
         message = (
             f"{self.kernel_name} ({self.accel}): {phase}: {what}\n"
@@ -348,7 +335,7 @@ class Guest:
         return kind(message, f"{phase}: {what}", tuple(tail.split("\n")))
 
     def _expect(
-        self, pattern: str, timeout: float, phase: str, what: str, *, retry: bool = False
+        self, pattern: str, timeout: float, phase: Phase, what: str, *, retry: bool = False
     ) -> re.Match[bytes]:
         """Wait for `pattern`; EOF raises GuestDied, a timeout GuestTimeout (or _Retry)."""
         index = self._child.expect(
@@ -359,8 +346,7 @@ class Guest:
             assert isinstance(match, re.Match)
             return match
         if index == 1:
-            self._dead = True
-            self._child.close(force=True)
+            self.kill()
             code, sig = self._child.exitstatus, self._child.signalstatus
             status = f"qemu exit status {code}" if code is not None else f"signal {sig}"
             raise self._error(
@@ -384,31 +370,22 @@ class Guest:
                 match = self._expect(marker, min(1.0, max(left, 0.01)), "command", what, retry=True)
                 return int(match.group(1))
             except _Retry:
-                text = self._rc_file(f"{stem}.rc")
+                try:
+                    text = self._share.read_status(f"{stem}.rc")
+                except FileReadError as err:
+                    self._fail_hostile(str(err))
                 if text.isdigit():
                     return int(text)
                 if left <= 0:
                     self._fail_timeout("command", f"{what} within {timeout:.0f} s")
-
-    def _rc_file(self, name: str) -> str:
-        """The `.rc` file's text once the guest has written it, else ""."""
-        try:
-            return read_regular(name, 64, follow=False, dir_fd=self._dir_fd).decode().strip()
-        except MissingFileError:
-            return ""
-        except FileReadError as err:
-            self._fail_hostile(str(err))
-        except UnicodeDecodeError:
-            return ""
 
     def _cause(self) -> str:
         """The console's last splat (usually the panic line), as a hint in the message."""
         line = dmesg.last_splat(console_tail(self.console_log, 200))
         return f" after: {line}" if line else ""
 
-    def _fail_timeout(self, phase: str, what: str) -> NoReturn:
-        self._dead = True
-        self._child.close(force=True)
+    def _fail_timeout(self, phase: Phase, what: str) -> NoReturn:
+        self.kill()
         raise self._error(GuestTimeout, phase, what + "; the guest was stopped")
 
 
