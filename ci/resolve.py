@@ -18,22 +18,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.cache import cache_key
 from harness.errors import HarnessError
 from harness.kernels.spec import Spec, parse_spec, resolve_name
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+~_-]", "_", text)
-
-
 def resolve(spec: Spec) -> tuple[str, list[str]]:
     """(cache key, name=version of every package) for `spec`."""
-    from harness.kernels.acquire import apt_root
-    from harness.kernels.acquire import resolve as resolve_spec
+    from harness.kernels.apt import apt_root
+    from harness.kernels.resolve import resolve as resolve_spec
 
     if spec.kind in ("debian-suite", "debian-abi"):
         res = resolve_spec(spec.text)
-        return f"debs-{_safe(res.abi)}-{_safe(res.version)}", [
+        return f"debs-{cache_key(res.abi)}-{cache_key(res.version)}", [
             f"{p.name}={p.version}" for p in res.packages
         ]
     if spec.kind == "source" and re.fullmatch(r"\d+\.\d+", spec.ref):
@@ -41,7 +38,7 @@ def resolve(spec: Spec) -> tuple[str, list[str]]:
         rec = apt_root().show(package)
         if rec is None:
             raise HarnessError(f"{spec.text}: no package {package} on the mirror")
-        return f"debs-{package}-{_safe(rec['Version'])}", [f"{package}={rec['Version']}"]
+        return f"debs-{package}-{cache_key(rec['Version'])}", [f"{package}={rec['Version']}"]
     return "", []
 
 

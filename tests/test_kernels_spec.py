@@ -107,7 +107,8 @@ def test_declarations_format(tmp_path: Path) -> None:
         '[[kernel]]\nname = "k2"\nspec = "debian:bookworm"\n'
         'default = true\ndescription = "x"\n[[kernel]]\nname = "k3"\nspec = "local:/x"\n',
     )
-    (tmp_path / "releases.toml").write_text(DEFAULT_FILE.read_text())  # no declarations
+    (tmp_path / "releases").mkdir()  # data beside the declarations: not read as kernels
+    (tmp_path / "releases" / "debian.toml").write_text(DEFAULT_FILE.read_text())
     decls = load_declared(tmp_path)
     assert [d.name for d in decls] == ["k1", "k2", "k3"]
     assert decls[1].default and decls[1].description == "x"
@@ -206,7 +207,7 @@ def test_check_spec_accepts(tmp_path: Path) -> None:
     assert check_spec(f"local:{tmp_path}").path == tmp_path
 
 
-# -- the Debian releases, as data (kernels/releases.toml) --------------------------------------
+# -- the Debian releases, as data (kernels/releases/debian.toml) ---------------------------------
 
 DUKE = """
 [[release]]

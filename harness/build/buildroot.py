@@ -50,7 +50,7 @@ exec chroot "$root" /usr/bin/env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/
 
 
 def packages_for(suite: str) -> tuple[str, ...]:
-    """What the build root of `suite` installs: its gcc (kernels/releases.toml) and the rest."""
+    """What the build root of `suite` installs: its gcc (kernels/releases/debian.toml), the rest."""
     release = find_release(suite)
     if release is None:
         raise ToolchainError(f"no build-root package list for suite {suite!r}")

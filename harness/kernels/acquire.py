@@ -22,11 +22,9 @@ from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels import kallsyms
 from harness.kernels.apt import AptRoot, pdeathsig, private_root
-from harness.kernels.apt import apt_root as apt_root  # for callers: bisect, ci/resolve.py
 from harness.kernels.kernel import Kernel
 from harness.kernels.local import local_kernel, local_store
 from harness.kernels.resolve import Resolution, load_resolution, resolution_file, resolve_fresh
-from harness.kernels.resolve import resolve as resolve  # for callers: bisect, ci/resolve.py
 from harness.kernels.source_build import cached_source_kernel, source_kernel
 from harness.kernels.spec import Spec, parse_spec, resolve_name
 from harness.kernels.verify import (

@@ -1,4 +1,4 @@
-"""The Debian releases the harness knows, read from kernels/releases.toml (format:
+"""The Debian releases the harness knows, read from kernels/releases/debian.toml (format:
 kernels/README.md): which suites the private apt root lists, which `debian:RELEASE` specs
 exist, and which release's build root ships a given gcc."""
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ExpectationError
-from harness.paths import KERNELS_DIR
+from harness.paths import RELEASES_FILE
 
-FILE_NAME = "releases.toml"
-DEFAULT_FILE = KERNELS_DIR / FILE_NAME
+DEFAULT_FILE = RELEASES_FILE
+
 ENV_VAR = "KLP_HARNESS_RELEASES"  # another releases file (tests, a newer mirror)
 
 # The extra suites a release may have on the mirrors; "backports" is a spec of its own.
@@ -39,7 +39,7 @@ class Release:
 
 
 def releases_file() -> Path:
-    """`$KLP_HARNESS_RELEASES`, else the repository's kernels/releases.toml."""
+    """`$KLP_HARNESS_RELEASES`, else the repository's kernels/releases/debian.toml."""
     explicit = os.environ.get(ENV_VAR)
     return Path(explicit).expanduser().absolute() if explicit else DEFAULT_FILE
 

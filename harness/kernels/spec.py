@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import ExpectationError, KernelError
-from harness.kernels.releases import FILE_NAME as RELEASES_FILE_NAME
 from harness.kernels.releases import codenames, find_release
 from harness.paths import CONFIGS_DIR, KERNELS_DIR
 
@@ -210,12 +209,12 @@ def _check_unique(decls: list[KernelDecl], where: Path) -> None:
 
 
 def load_declared(dir: Path | None = None) -> list[KernelDecl]:
-    """Every kernel declared in `dir` (default: the repository's kernels/), in file order;
-    releases.toml there is the table of Debian releases, not declarations."""
+    """Every kernel declared in the `*.toml` files of `dir` (default: the repository's
+    kernels/; its subdirectories hold other data), in file order."""
     root = dir if dir is not None else DEFAULT_DIR
     if not root.is_dir():
         raise ExpectationError(f"{root}: kernel declaration directory not found")
-    paths = [p for p in sorted(root.glob("*.toml")) if p.name != RELEASES_FILE_NAME]
+    paths = sorted(root.glob("*.toml"))
     decls = [decl for path in paths for decl in _decls_from(path)]
     _check_unique(decls, root)
     return decls

@@ -73,7 +73,8 @@ def parse_madison(text: str, family: set[str], flavour: str) -> list[KernelVersi
 
 def reachable_versions(spec_text: str) -> list[KernelVersion]:
     """Every ABI of the suite's kernel series that apt can still fetch, oldest first."""
-    from harness.kernels.acquire import apt_root, resolve
+    from harness.kernels.apt import apt_root
+    from harness.kernels.resolve import resolve
 
     family = _suite_family(spec_text)
     flavour = parse_spec(spec_text).flavour

@@ -100,7 +100,7 @@ class Prepared:
     required: tuple[BuiltModule, ...] = ()
 
 
-def describe_kernel(kernel: Kernel, result: KernelResult) -> None:
+def describe_kernel(kernel: Kernel, result: KernelResult, printer: Printer | None = None) -> None:
     result.name = kernel.name
     result.release = kernel.release
     result.package_version = kernel.package_version
@@ -108,7 +108,8 @@ def describe_kernel(kernel: Kernel, result: KernelResult) -> None:
     result.config = {o: kernel.config_value(o) for o in REPORTED_OPTIONS}
     result.config_hash = "sha256:" + hashlib.sha256(kernel.config.read_bytes()).hexdigest()
     with contextlib.suppress(HarnessError):  # else every module's build failure says why
-        result.toolchain = select(kernel).description
+        # The first select() may create a build root: its progress belongs to this kernel.
+        result.toolchain = select(kernel, printer=printer).description
 
 
 def prepare(
@@ -205,7 +206,7 @@ def run_kernel(
         raise DuplicateKernel(
             f"{spec}: is {kernel.name}, which {owner} runs already; not run twice"
         )
-    describe_kernel(kernel, result)
+    describe_kernel(kernel, result, printer)
     printer.say(
         f"{spec}: {kernel.name} ({kernel.package_version}); building {len(samples)} module(s)"
     )

@@ -22,6 +22,7 @@ from harness import cache
 from harness.errors import BootError
 from harness.fileio import exclusive_file
 from harness.kernels.kernel import Kernel
+from harness.paths import python_tool
 from harness.vm import guestroot
 from harness.vm.accel import ACCELS, Accel, AccelChoice, choose_accel, die_with_parent
 from harness.vm.guest import CommandResult, Guest, GuestDied, GuestTimeout
@@ -41,7 +42,7 @@ _PLAIN_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 def find_vng() -> str:
     """vng beside the running interpreter (the venv's bin/, which need not be on PATH),
     else on PATH."""
-    vng = shutil.which("vng", path=os.path.dirname(sys.executable)) or shutil.which("vng")
+    vng = python_tool("vng")
     if vng is None:
         raise BootError(
             f"vng (virtme-ng) not found beside {sys.executable} nor on PATH (pip install virtme-ng)"
