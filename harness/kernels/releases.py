@@ -7,11 +7,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ExpectationError
+from harness.kernels.datafile import read_tables
 from harness.paths import RELEASES_FILE
 
 DEFAULT_FILE = RELEASES_FILE
@@ -52,18 +52,9 @@ def load_releases(path: Path | None = None) -> tuple[Release, ...]:
 
 @functools.cache
 def _load(path: Path) -> tuple[Release, ...]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise ExpectationError(f"{path}: cannot read the Debian releases: {err}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ExpectationError(f"{path}: invalid TOML: {err}") from None
-    extra = set(data) - {"release"}
-    if extra:
-        raise ExpectationError(f"{path}: unknown top-level keys {sorted(extra)} (only [[release]])")
-    tables = data.get("release")
-    if not isinstance(tables, list) or not tables:
-        raise ExpectationError(f"{path}: 'release' must be a non-empty array of tables")
+    tables = read_tables(path, "release", "the Debian releases")
+    if not tables:
+        raise ExpectationError(f"{path}: no [[release]] table")
     out: list[Release] = []
     for i, table in enumerate(tables):
         release = _release(f"{path}: release #{i + 1}", table)

@@ -4,12 +4,12 @@ kernels declared as data in `kernels/*.toml` (format: kernels/README.md)."""
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from harness.errors import ExpectationError, KernelError
+from harness.kernels.datafile import read_tables
 from harness.kernels.releases import codenames, find_release
 from harness.paths import CONFIGS_DIR, KERNELS_DIR
 
@@ -139,18 +139,7 @@ _KEYS = {"name", "spec", "description", "default"}
 
 
 def _decls_from(path: Path) -> list[KernelDecl]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise ExpectationError(f"{path}: cannot read: {err}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ExpectationError(f"{path}: invalid TOML: {err}") from None
-    extra = set(data) - {"kernel"}
-    if extra:
-        raise ExpectationError(f"{path}: unknown top-level keys {sorted(extra)} (only [[kernel]])")
-    tables = data.get("kernel", [])
-    if not isinstance(tables, list):
-        raise ExpectationError(f"{path}: 'kernel' must be an array of tables ([[kernel]])")
+    tables = read_tables(path, "kernel", "kernel declarations")
     decls = []
     for i, table in enumerate(tables):
         where = f"{path}: kernel #{i + 1}"
