@@ -5,8 +5,8 @@ A few hundred of the module's undefined symbols are treated as unexported (a
 Module.symvers without them, a symbol table with them); the conversion is timed
 in-process and as the `klp-harness convert` process, against the `objcopy IN OUT`
 process on the same file, interleaved in the same run. Prints relocations per second,
-peak RSS, the start-up parts (interpreter, numpy, the CLI's imports) and the ratio of
-the process to objcopy, with the target (at most 3x).
+peak RSS, the start-up parts (interpreter, the CLI's and the converter's imports) and the
+ratio of the process to objcopy, with the target (at most 3x).
 
     python bench/bench_convert.py                  # downloads the image package into the cache
     python bench/bench_convert.py --ko FILE.ko     # or any module
@@ -173,8 +173,8 @@ def main() -> int:
         "objcopy": ["objcopy", str(ko), str(copy)],
         "klp-harness convert": cli,
         "python (empty)": [*py, "pass"],
-        "python + numpy": [*py, "import numpy"],
         "python + CLI imports": [*py, "import harness.cli.main, harness.cli.convert"],
+        "python + klp imports": [*py, "import harness.cli.main, harness.klp.convert"],
     }
     results = measure(processes, args.runs)
 

@@ -72,6 +72,13 @@ static const char modinfo_lp[] __attribute__((section(".modinfo"), used, aligned
 #endif
 static const char modinfo_lic[] __attribute__((section(".modinfo"), used, aligned(1))) =
     "license=GPL";
+#ifdef GROUP
+/* a COMDAT section group (as C++ inline functions make): renumbered when sections drop */
+asm(".section .text.grp,\"axG\",@progbits,grpsig,comdat\n"
+    ".globl grpsig\ngrpsig: call kernel_clone\n ret\n"
+    ".section .data.grp,\"awG\",@progbits,grpsig,comdat\n .quad saved_command_line\n"
+    ".previous\n");
+#endif
 #ifdef ANNOTATE
 KLP_MODULE_RELOC(vmlinux) my_relocs[] = {
     KLP_SYMPOS(active_show, 2),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,11 @@ from elftools.elf.relocation import RelocationSection
 from harness.errors import (
     AmbiguousSymbolError,
     ModuleTargetError,
+    NotElfError,
     RelocationTypeError,
     SymbolNotFoundError,
     SymposRangeError,
+    UnsupportedElfError,
     UsageError,
 )
 from harness.klp.convert import convert_module, undefined_symbols
@@ -45,6 +48,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("bad", ("BAD_RELOC",)),
         ("lp", ("LIVEPATCH",)),
         ("nodup", ("NO_DUP",)),
+        ("anngrp", ("ANNOTATE", "GROUP")),
     ):
         compile_module(tmp, name, defines)
     compile_module(tmp, "unlinked", (), link=False)
@@ -183,6 +187,81 @@ def test_annotation_consumed(built: Path, table: SymbolTable) -> None:
     assert sum(map(len, relocs.values())) == sum(map(len, _relocs(built / "plain.o").values()))
     judged = verdicts(inspect_module(dst), table)
     assert all(v.ok for v in judged) and len(judged) == 4
+
+
+def _groups(path: Path) -> tuple[str, list[str]]:
+    """(signature symbol, member section names) of the object's one section group."""
+    with open(path, "rb") as handle:
+        elf = ELFFile(handle)
+        group = next(s for s in elf.iter_sections() if s["sh_type"] == "SHT_GROUP")
+        signature = symbol_table(elf).get_symbol(group["sh_info"]).name
+        words = struct.unpack(f"<{group.data_size // 4}I", group.data())
+        return signature, [elf.get_section(i).name for i in words[1:]]
+
+
+def test_annotation_renumbers_a_group(built: Path, table: SymbolTable) -> None:
+    """Consuming the annotation drops sections and symbols: a section group's members and
+    signature symbol are renumbered with them."""
+    dst, report = _convert(built, table, "anngrp")
+    assert report.relocations == 17  # type: ignore[attr-defined]
+    assert (
+        _groups(dst)
+        == _groups(built / "anngrp.o")
+        == (
+            "grpsig",
+            [".text.grp", ".rela.text.grp", ".data.grp", ".rela.data.grp"],
+        )
+    )
+    moved = {n: rows for n, rows in _relocs(dst).items() if n.startswith(".klp.rela.")}
+    assert [r[3] for r in moved[".klp.rela.vmlinux..text.grp"]] == [
+        ".klp.sym.vmlinux.kernel_clone,0"
+    ]
+
+
+def _header(data: bytearray, stype: int) -> int:
+    """The file offset of the first section header of type `stype`."""
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    (shnum,) = struct.unpack_from("<H", data, 0x3C)
+    return next(
+        int(shoff) + 64 * i
+        for i in range(shnum)
+        if struct.unpack_from("<I", data, shoff + 64 * i + 4)[0] == stype
+    )
+
+
+@pytest.mark.parametrize(
+    "at, value", [(44, 99999), (32, 6), (32, 0)], ids=["signature", "size", "empty"]
+)
+def test_malformed_group_is_refused(
+    built: Path, table: SymbolTable, tmp_path: Path, at: int, value: int
+) -> None:
+    """A group whose signature symbol is past the table, or whose size is not whole words
+    (or nothing), in a module whose sections are renumbered: one clean error, no output
+    (numpy raised IndexError / ValueError here)."""
+    data = bytearray((built / "anngrp.o").read_bytes())
+    header = _header(data, 17)  # SHT_GROUP
+    struct.pack_into("<I" if at == 44 else "<Q", data, header + at, value)
+    src, dst = tmp_path / "g.o", tmp_path / "out.o"
+    src.write_bytes(data)
+    with pytest.raises(UnsupportedElfError, match="section group 1 is malformed"):
+        convert_module(src, dst, symtab=table, exports=load_symvers(built / "Module.symvers"))
+    assert not dst.exists()
+
+
+def test_relocation_offset_does_not_wrap(built: Path, table: SymbolTable, tmp_path: Path) -> None:
+    """A field at offset 2**64 - 4 is outside any section, though offset + width wraps to 4
+    in 64 bits (the numpy version let it through)."""
+    data = bytearray((built / "plain.o").read_bytes())
+    (offset, size) = struct.unpack_from("<QQ", data, _header(data, 4) + 24)  # first SHT_RELA
+    for entry in range(offset, offset + size, 24):
+        struct.pack_into("<Q", data, entry, (1 << 64) - 4)
+    src = tmp_path / "wrap.o"
+    src.write_bytes(data)
+    exports = load_symvers(built / "Module.symvers")
+    with pytest.raises(NotElfError, match=r"a relocation in \.rela\.\S+ is outside"):
+        convert_module(
+            src, tmp_path / "o.o", symtab=table, exports=exports, sympos={"active_show": 2}
+        )
 
 
 def test_errors(built: Path, table: SymbolTable) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import struct
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from elfbuild import KALLSYMS_EXCERPT, compile_module, have_gcc, write_symvers
@@ -260,18 +260,45 @@ def test_subprocess_one_line(work: Path) -> None:
 
 
 @pytest.mark.parametrize("ok", [True, False])
-def test_start_up_settings_are_undone(
+def test_gc_paused_for_the_command_only(
     work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, ok: bool
 ) -> None:
-    """convert pauses the GC and sizes numpy's BLAS pool for its own run only: an embedding
-    process (this one) gets both back, after success and after an error alike."""
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    """convert pauses the GC while it runs (reading a kernel's symbol table triggers costly
+    collections) and only then: an embedding process (this one) gets it back, after success
+    and after an error alike."""
+    import harness.klp.convert
+
+    seen: list[bool] = []
+    real = harness.klp.convert.convert_module
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(harness.klp.convert, "convert_module", spy)
     module = work / ("plain.o" if ok else "missing.o")
     args = ["convert", str(module), "-o", str(work / "undone.ko"), "--sympos", "active_show=2"]
     args += ["--system-map", str(work / "kallsyms"), "--symvers", str(work / "Module.symvers")]
     assert (main(args) == 0) == ok
     capsys.readouterr()
-    assert gc.isenabled() and "OPENBLAS_NUM_THREADS" not in os.environ
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # a user's own choice is left alone
-    main(args)
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "2"
+    assert seen == [False] and gc.isenabled()
+
+
+def test_converter_needs_no_numpy(work: Path) -> None:
+    """harness.klp is standard library only (numpy's import alone took longer than converting
+    amdgpu.ko): convert and inspect run where `import numpy` fails."""
+    script = (
+        "import sys\n"
+        "sys.modules['numpy'] = None  # from here on, `import numpy` raises ImportError\n"
+        "from harness.cli.main import main\n"
+        "convert = sys.argv[1:]\n"
+        "table = convert[convert.index('--system-map') :][:2]\n"
+        "output = convert[convert.index('-o') + 1]\n"
+        "print(main(convert), main(['inspect', output, *table]))\n"
+    )
+    out = work / "nonumpy.ko"
+    args = ["convert", str(work / "plain.o"), "-o", str(out), "--sympos", "active_show=2"]
+    args += ["--system-map", str(work / "kallsyms"), "--symvers", str(work / "Module.symvers")]
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "0 0" and out.exists()

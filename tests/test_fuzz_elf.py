@@ -31,7 +31,12 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     tmp = tmp_path_factory.mktemp("seeds")
     out = {
         n: compile_module(tmp, n, d).read_bytes()
-        for n, d in (("plain", ()), ("ann", ("ANNOTATE",)), ("lp", ("LIVEPATCH",)))
+        for n, d in (
+            ("plain", ()),
+            ("ann", ("ANNOTATE",)),
+            ("lp", ("LIVEPATCH",)),
+            ("anngrp", ("ANNOTATE", "GROUP")),  # sections renumbered, a group among them
+        )
     }
     table = SymbolTable.load(KALLSYMS_EXCERPT)
     conv = tmp / "conv.o"

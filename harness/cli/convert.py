@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,18 +80,14 @@ def _escaped(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     """Any error message escaped once more on its way out: the libraries escape what they
     take from files, and this covers any message that forgot to (idempotent).
 
-    Start-up is most of a conversion's time (numpy's import costs more than converting a
-    large module), so while the command runs: numpy's BLAS, never used here, starts no
-    thread pool (unless the user chose a size), and the cyclic GC, which would rescan every
-    object numpy's import made several times over, is paused (a conversion makes no cycles
-    worth collecting)."""
+    While the command runs the cyclic GC is paused: reading a kernel's symbol table makes
+    some 100,000 tuples and lists, and the collections they trigger (rescanning all of them,
+    several times over) add a third or more to the read (Debian 6.1's: 230 -> 290-350 ms);
+    a conversion makes no cycles worth collecting. An embedding process gets the GC back as
+    it was, after an error too."""
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
-        blas = "OPENBLAS_NUM_THREADS"
-        set_blas = blas not in os.environ
-        if set_blas:
-            os.environ[blas] = "1"
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -103,8 +98,6 @@ def _escaped(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         finally:
             if collecting:
                 gc.enable()
-            if set_blas:
-                os.environ.pop(blas, None)
 
     return wrapper
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from harness.errors import NotElfError, RelocationTypeError, UnsupportedElfError
 from harness.klp.elfread import (
@@ -15,11 +14,10 @@ from harness.klp.elfread import (
     SHF_RELA_LIVEPATCH,
     SHT_NOBITS,
     ElfImage,
-    rela_symbols,
-    rela_types,
     reloc_name,
 )
 from harness.klp.files import printable
+from harness.klp.tables import Relas
 
 KLP_SYM_PREFIX = ".klp.sym."
 KLP_RELA_PREFIX = ".klp.rela."
@@ -95,27 +93,26 @@ def is_klp_rela(img: ElfImage, index: int) -> bool:
     return bool(sec.flags & SHF_RELA_LIVEPATCH) or sec.name.startswith(KLP_RELA_PREFIX)
 
 
-def check_relocations(img: ElfImage, index: int, moved: Any, names: Callable[[int], str]) -> None:
+def check_relocations(img: ElfImage, index: int, moved: Relas, names: Callable[[int], str]) -> None:
     """Refuse relocations (`moved`, from rela section `index`) that would become klp
     relocations but that the loader refuses, or whose field lies outside the target section.
     `names` gives a symbol index's name for the message."""
-    import numpy as np
-
     sec = img.sections[index]
     target = img.sections[sec.info]
-    types = rela_types(moved).astype(np.int64)
-    accepted = np.isin(types, list(LOADER_RELOCS))
-    if not accepted.all():
-        i = int(np.flatnonzero(~accepted)[0])
-        sym = names(int(rela_symbols(moved)[i]))
+    types = moved.types()
+    if not set(types).issubset(LOADER_RELOCS):
+        i = next(i for i, rtype in enumerate(types) if rtype not in LOADER_RELOCS)
+        offset = moved.offsets()[i]
         raise RelocationTypeError(
-            f"{img.label}: {sec.label}+{int(moved['offset'][i]):#x}: "
-            f"{reloc_name(int(types[i]))} against '{printable(sym)}' {REFUSED_BY_LOADER}"
+            f"{img.label}: {sec.label}+{offset:#x}: {reloc_name(types[i])} against "
+            f"'{printable(names(moved.symbols()[i]))}' {REFUSED_BY_LOADER}"
         )
     if target.type == SHT_NOBITS and len(moved):
         raise NotElfError(f"{img.label}: relocations in {sec.label} against a NOBITS section")
-    widths = np.zeros(len(types), dtype=np.uint64)
-    for rtype, width in LOADER_RELOCS.items():
-        widths[types == rtype] = width
-    if len(moved) and bool(((moved["offset"] + widths) > np.uint64(target.size)).any()):
+    offsets = moved.offsets()
+    # the common case at C speed: even the widest field at the largest offset fits
+    if not offsets or max(offsets) + 8 <= target.size:
+        return
+    widths = map(LOADER_RELOCS.__getitem__, types)
+    if any(off + width > target.size for off, width in zip(offsets, widths, strict=True)):
         raise NotElfError(f"{img.label}: a relocation in {sec.label} is outside {target.label}")

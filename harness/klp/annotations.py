@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 from harness.errors import AmbiguousSymbolError, UnsupportedElfError
 from harness.klp.abi import ANNOTATION_ENTRY, ANNOTATION_PREFIX
@@ -20,9 +19,9 @@ from harness.klp.elfread import (
     SHT_RELA,
     ElfImage,
     cstring,
-    rela_symbols,
 )
 from harness.klp.files import printable
+from harness.klp.tables import Symbols
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,9 @@ class Annotation:
 
 
 def read_annotations(
-    img: ElfImage, syms: Any, strtab: bytes
+    img: ElfImage, syms: Symbols, strtab: bytes
 ) -> tuple[dict[int, Annotation], set[int]]:
     """({symbol index: annotation}, indexes of the sections to drop)."""
-    import numpy as np
-
     found: dict[int, Annotation] = {}
     dropped: set[int] = set()
     for sec in img.sections:
@@ -51,19 +48,18 @@ def read_annotations(
                 continue
             dropped.add(rel.index)
             arr = img.relas(rel.index)
-            for off, info in zip(arr["offset"].tolist(), arr["info"].tolist(), strict=True):
+            for off, rtype, index in zip(arr.offsets(), arr.types(), arr.symbols(), strict=True):
                 if (
                     off % ANNOTATION_ENTRY
                     or off + ANNOTATION_ENTRY > len(data)
-                    or (info & 0xFFFFFFFF) != R_X86_64_64
+                    or rtype != R_X86_64_64
                 ):
                     raise UnsupportedElfError(
                         f"{img.label}: {sec.label}+{off:#x}: not a KLP_SYMPOS entry "
                         "(packed {pointer, u32 sympos})"
                     )
-                index = info >> 32
                 (pos,) = struct.unpack_from("<I", data, off + 8)
-                name = cstring(strtab, int(syms["name"][index]))
+                name = cstring(strtab, syms.names[index])
                 note = Annotation(obj, pos, sec.name)
                 old = found.get(index)
                 if old and (old.obj, old.sympos) != (obj, pos):
@@ -75,20 +71,17 @@ def read_annotations(
                 found[index] = note
     if dropped:
         # symbols defined in a dropped section disappear with it; nothing else may use them
-        gone = np.isin(syms["shndx"], list(dropped))
-        gone[0] = False
-        if gone.any():
-            used = set(np.flatnonzero(gone).tolist())
+        used = {i for i, shndx in enumerate(syms.shndx) if i and shndx in dropped}
+        if used:
             for rel in img.sections:
                 if (
                     rel.type == SHT_RELA
                     and rel.index not in dropped
                     and (rel.link == img.symtab_index)
                 ):
-                    arr = img.relas(rel.index)
-                    refs = set(rela_symbols(arr).tolist()) & used
+                    refs = img.relas(rel.index).distinct_symbols() & used
                     if refs:
-                        name = cstring(strtab, int(syms["name"][refs.pop()]))
+                        name = cstring(strtab, syms.names[refs.pop()])
                         raise UnsupportedElfError(
                             f"{img.label}: {rel.label} refers to '{printable(name)}' of an "
                             "annotation section; annotation arrays must not be used by the module"

@@ -10,10 +10,10 @@ renumbered everywhere they are referenced.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress, count
 from pathlib import Path
-from typing import Any
 
 from harness.errors import (
     AmbiguousSymbolError,
@@ -35,6 +35,7 @@ from harness.klp.elfread import (
 from harness.klp.files import atomic_write_chunks, printable
 from harness.klp.rewrite import Rewrite
 from harness.klp.symbols import VMLINUX, SymbolTable, module_name, module_symbols
+from harness.klp.tables import Symbols
 
 # modpost never reports these as undefined (scripts/mod/modpost.c ignore_undef_symbol).
 IGNORED_UNDEFINED = frozenset({"__this_module", "_GLOBAL_OFFSET_TABLE_"})
@@ -76,25 +77,25 @@ class ConvertReport:
 def undefined_symbols(path: Path) -> list[str]:
     """Names of the module's undefined symbols (symtab order), as modpost lists them."""
     img = ElfImage.load(path)
-    return list(_undefined(img, img.symbols(), img.strtab(), weak=False))
+    return list(_undefined(img.symbols(), img.strtab(), weak=False))
 
 
-def _undefined(img: ElfImage, syms: Any, strtab: bytes, weak: bool) -> dict[str, int]:
-    import numpy as np
-
-    binds = syms["info"] >> 4
-    ok = (
-        (syms["shndx"] == SHN_UNDEF)
-        & (syms["name"] != 0)
-        & ((binds == STB_GLOBAL) | ((binds == STB_WEAK) if weak else False))
-    )
-    ok[0] = False
+def _undefined(syms: Symbols, strtab: bytes, weak: bool) -> dict[str, int]:
+    binds = (STB_GLOBAL, STB_WEAK) if weak else (STB_GLOBAL,)
+    names, info = syms.names, syms.info
     out: dict[str, int] = {}
-    for idx in np.flatnonzero(ok).tolist():
-        name = cstring(strtab, int(syms["name"][idx]))
+    for idx in _where(syms.shndx, SHN_UNDEF):
+        if not idx or not names[idx] or info[idx] >> 4 not in binds:
+            continue
+        name = cstring(strtab, names[idx])
         if name and name not in IGNORED_UNDEFINED:
             out.setdefault(name, idx)
     return out
+
+
+def _where(values: Iterable[int], value: int) -> Iterator[int]:
+    """The positions in `values` that hold `value`, found at C speed."""
+    return compress(count(), map(value.__eq__, values))
 
 
 @dataclass
@@ -220,14 +221,14 @@ def convert_module(
     strtab = img.strtab()
     annotations, dropped = read_annotations(img, syms, strtab)
     wanted = set(symbols or ())
-    undefined = _undefined(img, syms, strtab, weak=bool(wanted) or bool(annotations))
-    existing = {k.name for n in _klp_names(img, syms, strtab) if (k := parse_klp_symbol(n))}
+    undefined = _undefined(syms, strtab, weak=bool(wanted) or bool(annotations))
+    existing = {k.name for n in _klp_names(syms, strtab) if (k := parse_klp_symbol(n))}
     left_alone: list[str] = []
     todo: dict[str, int] = {}
     for name, idx in undefined.items():
         if wanted and name not in wanted:
             continue
-        if not wanted and (syms["info"][idx] >> 4) == STB_WEAK and idx not in annotations:
+        if not wanted and (syms.info[idx] >> 4) == STB_WEAK and idx not in annotations:
             continue  # modpost does not complain about weak undefined symbols either
         if exports is not None and name in exports:
             left_alone.append(name)
@@ -273,8 +274,5 @@ def convert_module(
     )
 
 
-def _klp_names(img: ElfImage, syms: Any, strtab: bytes) -> list[str]:
-    import numpy as np
-
-    idx = np.flatnonzero(syms["shndx"] == SHN_LIVEPATCH).tolist()
-    return [cstring(strtab, int(syms["name"][i])) for i in idx]
+def _klp_names(syms: Symbols, strtab: bytes) -> list[str]:
+    return [cstring(strtab, syms.names[i]) for i in _where(syms.shndx, SHN_LIVEPATCH)]

@@ -1,23 +1,21 @@
 """Reading x86-64 relocatable ELF files (a linked `<mod>.o` or a `.ko`).
 
-The ELF header is unpacked with struct; section headers, symbols and relocations
-are decoded in bulk as numpy structured arrays over the raw bytes (no per-entry
-Python objects), after checking every offset the rest of the code relies on.
-(No pyelftools here: importing it took longer than converting a large module.)
+Standard library only: the ELF header and section headers are unpacked with struct, the
+symbol and relocation tables are read through harness.klp.tables (in bulk, at C speed, and
+only when needed), after checking every offset the rest of the code relies on.
+(No numpy or pyelftools here: importing either took longer than converting a large module.)
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from harness.errors import NoSymtabError, NotElfError, UnsupportedElfError
 from harness.klp.files import printable, read_regular
-
-if TYPE_CHECKING:
-    import numpy.typing as npt
+from harness.klp.tables import MAX_CHAR, RELA_SIZE, SYM_SIZE, Relas, Symbols
 
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
@@ -35,7 +33,7 @@ SHF_RELA_LIVEPATCH = 0x00100000
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 STT_SECTION = 3
 
-EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 64, 24, 24
+EHDR_SIZE, SHDR_SIZE = 64, 64
 MAX_ALIGN = 1 << 20  # larger alignments only appear in corrupted files
 MODULE_LIMIT = 1 << 30  # a debug build's .ko can pass 100 MiB; refuse what cannot be one
 
@@ -64,54 +62,12 @@ def reloc_name(rtype: int) -> str:
     return RELOC_NAMES.get(rtype, f"type {rtype}")
 
 
-def rela_symbols(arr: Any) -> Any:
-    """ELF64_R_SYM of each entry of a rela array (uint64)."""
-    import numpy as np
-
-    return arr["info"] >> np.uint64(32)
-
-
-def rela_types(arr: Any) -> Any:
-    """ELF64_R_TYPE of each entry of a rela array (uint64)."""
-    import numpy as np
-
-    return arr["info"] & np.uint64(0xFFFFFFFF)
-
-
-def _dtypes() -> tuple[Any, Any, Any]:
-    import numpy as np  # lazily: the CLI starts faster for other sub-commands
-
-    shdr = np.dtype(
-        [
-            ("name", "<u4"),
-            ("type", "<u4"),
-            ("flags", "<u8"),
-            ("addr", "<u8"),
-            ("offset", "<u8"),
-            ("size", "<u8"),
-            ("link", "<u4"),
-            ("info", "<u4"),
-            ("addralign", "<u8"),
-            ("entsize", "<u8"),
-        ]
-    )
-    sym = np.dtype(
-        [
-            ("name", "<u4"),
-            ("info", "u1"),
-            ("other", "u1"),
-            ("shndx", "<u2"),
-            ("value", "<u8"),
-            ("size", "<u8"),
-        ]
-    )
-    rela = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
-    return shdr, sym, rela
-
-
 # e_ident[16], e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, e_flags, e_ehsize,
 # e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+# sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, sh_addralign,
+# sh_entsize
+_SHDR = struct.Struct("<IIQQQQIIQQ")
 EM_X86_64, ET_REL = 62, 1
 _MACHINES = {3: "EM_386", 8: "EM_MIPS", 21: "EM_PPC64", 22: "EM_S390", 40: "EM_ARM"}
 _MACHINES |= {62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV", 258: "EM_LOONGARCH"}
@@ -140,7 +96,7 @@ class Section:
         return printable(self.name)
 
 
-def cstring(table: bytes, offset: int) -> str:
+def cstring(table: bytes | bytearray, offset: int) -> str:
     """The NUL-terminated string at `offset`; latin-1 keeps every byte round-trippable."""
     end = table.find(b"\0", offset)
     if end < 0:
@@ -156,13 +112,14 @@ class ElfImage:
         self.label = printable(path)  # the path as messages show it
         self.data = data
         self.view = memoryview(data)
-        shdr_t, self.sym_t, self.rela_t = _dtypes()
+        self._relas: dict[int, Relas] = {}
+        self._valid: re.Pattern[str] | None = None  # matches a symbol index past the table
         self._check_ident()
         self._check_header()
-        self.shdrs: npt.NDArray[Any] = self._read_shdrs(shdr_t)
-        self.sections: list[Section] = self._make_sections()
+        headers = self._read_shdrs()
+        self.sections: list[Section] = self._make_sections(headers)
         self.symtab_index = self._find_symtab()
-        self.strtab_index = int(self.shdrs[self.symtab_index]["link"])
+        self.strtab_index = self.sections[self.symtab_index].link
         self._check_strtab(self.strtab_index, "symbol string table")
 
     @classmethod
@@ -220,30 +177,33 @@ class ElfImage:
         if self.shstrndx >= self.shnum or self.shstrndx == 0:
             raise self._fail(f"section name table index {self.shstrndx} out of range")
 
-    def _read_shdrs(self, shdr_t: Any) -> npt.NDArray[Any]:
-        import numpy as np
-
-        shdrs = np.frombuffer(self.data, dtype=shdr_t, count=self.shnum, offset=self.shoff).copy()
+    def _read_shdrs(self) -> list[tuple[int, ...]]:
+        table = self.view[self.shoff : self.shoff + self.shnum * SHDR_SIZE]
+        headers = list(_SHDR.iter_unpack(table))
         size = len(self.data)
-        for i in range(1, self.shnum):
-            h = shdrs[i]
-            if int(h["type"]) != SHT_NOBITS and int(h["offset"]) + int(h["size"]) > size:
+        for i, (_, stype, _, _, offset, length, link, _, align, _) in enumerate(headers):
+            if not i:
+                continue
+            if stype != SHT_NOBITS and offset + length > size:
                 raise self._fail(f"section {i} runs past the end of the file")
-            if int(h["addralign"]) > MAX_ALIGN:
-                raise self._fail(f"section {i} alignment {int(h['addralign'])}")
-            if int(h["link"]) >= self.shnum:
-                raise self._fail(f"section {i} sh_link {int(h['link'])} out of range")
-        return shdrs
+            if align > MAX_ALIGN:
+                raise self._fail(f"section {i} alignment {align}")
+            if link >= self.shnum:
+                raise self._fail(f"section {i} sh_link {link} out of range")
+        return headers
 
-    def _check_strtab(self, index: int, what: str) -> None:
-        if not 0 < index < self.shnum or int(self.shdrs[index]["type"]) != SHT_STRTAB:
+    def _check_strtab(self, index: int, what: str, types: list[int] | None = None) -> None:
+        if types is None:
+            types = [s.type for s in self.sections]
+        if not 0 < index < self.shnum or types[index] != SHT_STRTAB:
             raise self._fail(f"{what} (section {index}) is not a string table")
 
-    def _make_sections(self) -> list[Section]:
-        self._check_strtab(self.shstrndx, "section name table")
-        names = self.section_bytes(self.shstrndx)
+    def _make_sections(self, headers: list[tuple[int, ...]]) -> list[Section]:
+        self._check_strtab(self.shstrndx, "section name table", [h[1] for h in headers])
+        offset, size = headers[self.shstrndx][4], headers[self.shstrndx][5]
+        names = self.data[offset : offset + size]
         out = []
-        for i, h in enumerate(self.shdrs.tolist()):
+        for i, h in enumerate(headers):
             name_off = h[0]
             if i and name_off >= len(names):
                 raise self._fail(f"section {i} name offset out of range")
@@ -269,28 +229,7 @@ class ElfImage:
     # --- access ---------------------------------------------------------------------------
 
     def section_bytes(self, index: int) -> bytes:
-        sec = self.shdrs[index]
-        if int(sec["type"]) == SHT_NOBITS:
-            return b""
-        start = int(sec["offset"])
-        return self.data[start : start + int(sec["size"])]
-
-    def symbols(self) -> npt.NDArray[Any]:
-        """A writable copy of the symbol table, with every st_name and st_shndx checked."""
-        import numpy as np
-
-        sec = self.sections[self.symtab_index]
-        syms = np.frombuffer(
-            self.data, dtype=self.sym_t, count=sec.size // SYM_SIZE, offset=sec.offset
-        ).copy()
-        strsize = self.sections[self.strtab_index].size
-        if syms.size and int(syms["name"].max()) >= max(strsize, 1):
-            raise self._fail("a symbol name offset is past the string table")
-        shndx = syms["shndx"]
-        bad = (shndx >= self.shnum) & (shndx < SHN_LORESERVE)
-        if bad.any():
-            raise self._fail(f"symbol {int(np.flatnonzero(bad)[0])} has section index out of range")
-        return syms
+        return bytes(self.section_view(index))
 
     def section_view(self, index: int) -> memoryview:
         """The section's bytes without a copy (for the writer)."""
@@ -298,6 +237,18 @@ class ElfImage:
         if sec.type == SHT_NOBITS:
             return memoryview(b"")
         return self.view[sec.offset : sec.offset + sec.size]
+
+    def symbols(self) -> Symbols:
+        """A writable copy of the symbol table, with every st_name and st_shndx checked."""
+        syms = Symbols(bytearray(self.section_view(self.symtab_index)))
+        strsize = self.sections[self.strtab_index].size
+        if len(syms) and max(syms.names) >= max(strsize, 1):
+            raise self._fail("a symbol name offset is past the string table")
+        shnum = self.shnum
+        if any(shnum <= s < SHN_LORESERVE for s in set(syms.shndx)):
+            first = next(i for i, s in enumerate(syms.shndx) if shnum <= s < SHN_LORESERVE)
+            raise self._fail(f"symbol {first} has section index out of range")
+        return syms
 
     def strtab(self) -> bytes:
         return self.section_bytes(self.strtab_index)
@@ -308,11 +259,13 @@ class ElfImage:
             if sec.type == SHT_RELA:
                 self.relas(sec.index)
 
-    def relas(self, index: int) -> npt.NDArray[Any]:
-        """One SHT_RELA section as a read-only view of the file (no copy: every caller derives
-        new arrays from it), symbol indexes checked against the symtab."""
-        import numpy as np
-
+    def relas(self, index: int) -> Relas:
+        """One SHT_RELA section over the file's bytes (no copy: every caller derives new
+        bytes from it), symbol indexes checked against the symtab. Kept: the sets of
+        symbols each section uses are built once."""
+        known = self._relas.get(index)
+        if known is not None:
+            return known
         sec = self.sections[index]
         if sec.entsize != RELA_SIZE or sec.size % RELA_SIZE:
             raise self._fail(f"relocation section {sec.label} entry size {sec.entsize}")
@@ -320,13 +273,23 @@ class ElfImage:
             raise self._fail(f"relocation section {sec.label} does not use the symbol table")
         if not 0 < sec.info < self.shnum:
             raise self._fail(f"relocation section {sec.label} sh_info {sec.info} out of range")
-        arr = np.frombuffer(
-            self.data, dtype=self.rela_t, count=sec.size // RELA_SIZE, offset=sec.offset
-        )
-        nsyms = self.sections[self.symtab_index].size // SYM_SIZE
-        if arr.size and int(rela_symbols(arr).max()) >= nsyms:
+        relas = Relas(self.section_view(index))
+        if self._past_table(relas):
             raise self._fail(f"relocation section {sec.label} refers to a symbol past the table")
-        return arr
+        self._relas[index] = relas
+        return relas
+
+    def _past_table(self, relas: Relas) -> bool:
+        """Whether an entry's symbol index is past the symbol table."""
+        nsyms = self.sections[self.symtab_index].size // SYM_SIZE
+        text = relas.symbol_text()
+        if text is None:  # an index past U+10FFFF
+            return nsyms <= MAX_CHAR or max(relas.symbols()) >= nsyms
+        if nsyms > MAX_CHAR:
+            return False
+        if self._valid is None:
+            self._valid = re.compile(f"[^\\x00-{re.escape(chr(nsyms - 1))}]")
+        return self._valid.search(text) is not None
 
     def rela_sections(self) -> list[Section]:
         return [s for s in self.sections if s.type == SHT_RELA]

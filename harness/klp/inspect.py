@@ -23,8 +23,6 @@ from harness.klp.elfread import (
     SHN_LIVEPATCH,
     ElfImage,
     cstring,
-    rela_symbols,
-    rela_types,
     reloc_name,
 )
 from harness.klp.files import printable
@@ -81,12 +79,9 @@ def inspect_module(path: Path, symtab: SymbolTable | None = None) -> list[KlpRel
         arr = img.relas(sec.index)
         target = img.sections[sec.info].name
         secobj = parse_klp_rela(sec.name) or ""
-        symi = rela_symbols(arr).tolist()
-        types = rela_types(arr).tolist()
-        for idx, rtype, off, add in zip(
-            symi, types, arr["offset"].tolist(), arr["addend"].tolist(), strict=True
-        ):
-            full = cstring(strtab, int(syms["name"][idx]))
+        fields = (arr.symbols(), arr.types(), arr.offsets(), arr.addends())
+        for idx, rtype, off, add in zip(*fields, strict=True):
+            full = cstring(strtab, syms.names[idx])
             parsed = parse_klp_symbol(full)
             out.append(
                 KlpReloc(
@@ -100,7 +95,7 @@ def inspect_module(path: Path, symtab: SymbolTable | None = None) -> list[KlpRel
                     reloc_name(rtype),
                     off,
                     add,
-                    int(syms["shndx"][idx]) == SHN_LIVEPATCH,
+                    syms.shndx[idx] == SHN_LIVEPATCH,
                 )
             )
     return out

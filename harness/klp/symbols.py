@@ -255,11 +255,7 @@ def module_symbols(path: Path) -> list[tuple[str, int, str]]:
     out: list[tuple[str, int, str]] = []
     pcpu = next((s.index for s in img.sections if s.name == ".data..percpu"), -1)
     for name_off, info, shndx, value in zip(
-        syms["name"].tolist(),
-        syms["info"].tolist(),
-        syms["shndx"].tolist(),
-        syms["value"].tolist(),
-        strict=True,
+        syms.names, syms.info, syms.shndx, syms.values(), strict=True
     ):
         if not name_off or shndx == 0 or shndx >= SHN_LORESERVE:
             continue
