@@ -195,7 +195,7 @@ def run_kernel(
     printer = printer or Printer()
     backend = backend or Backend()
     result = KernelResult(spec=spec)
-    printer.say(f"{spec}: fetching")
+    printer.say("fetching")
     try:
         kernel = backend.acquire(spec, printer)
     except HarnessError as err:
@@ -207,9 +207,7 @@ def run_kernel(
             f"{spec}: is {kernel.name}, which {owner} runs already; not run twice"
         )
     describe_kernel(kernel, result, printer)
-    printer.say(
-        f"{spec}: {kernel.name} ({kernel.package_version}); building {len(samples)} module(s)"
-    )
+    printer.say(f"{kernel.name} ({kernel.package_version}); building {len(samples)} module(s)")
     prepared = [prepare(kernel, s, printer=printer, build=backend.build) for s in samples]
     results = {p.sample.name: p.result for p in prepared if p.result is not None}
     pending = [p for p in prepared if p.result is None]
@@ -246,8 +244,7 @@ class _KernelSteps:
                         result.accel = str(guest.accel)
                         result.boot_seconds = round(guest.boot_seconds, 1)
                     self.printer.say(
-                        f"{self.kernel.name}: boot {boots} under {guest.accel} "
-                        f"in {guest.boot_seconds:.1f} s"
+                        f"boot {boots} under {guest.accel} in {guest.boot_seconds:.1f} s"
                     )
                     self._in_guest(GuestSteps(guest, self.kernel), left, done)
             except BootError as err:  # the boot itself failed: no point in booting again
@@ -308,7 +305,7 @@ def run(
     def one(index: int) -> None:
         spec = specs[index]
         start = time.monotonic()
-        says = printer if jobs == 1 else printer.for_kernel(spec)
+        says = printer.for_kernel(spec)  # every line names its kernel, also with -j 1
         try:
             kernel_result = run_kernel(
                 spec,
