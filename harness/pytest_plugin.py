@@ -5,6 +5,10 @@
 - `klp_module`: a factory building and converting a sample (name or path) for `klp_kernel`;
 - `klp_step`: a factory running a sample's whole step (insmod, checks, rmmod) in `klp_guest`
   and judging it (a guest lost during the step is that step's failure).
+
+A path is any module directory: a Kbuild or Makefile whose obj-m names one module, and an
+expect.toml only when the default expectation (builds, converts, loads with no splat and no
+new taint, unloads cleanly) is not enough.
 """
 
 from __future__ import annotations

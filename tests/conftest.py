@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-SLOW_MARKERS = ("long", "slow_build", "source_kernel", "matrix")
+SLOW_MARKERS = ("long", "slow_build", "source_kernel", "matrix", "world")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -47,6 +47,17 @@ def test_commands_kernel_log_and_kallsyms(klp_kernel: Kernel, tmp_path: Path) ->
         assert guest.dmesg_since(canary) == ["klp-harness: after canary"]
         assert guest.tainted() == 0
 
+        # A logged command: one round trip, its own kernel lines, the taint around it;
+        # `exit` and a syntax error end only the command, never the guest's shell.
+        logged = guest.run_logged(
+            "echo 'klp-harness: logged line' > /dev/kmsg; echo \"out $#\"; exit 4", "unit step"
+        )
+        assert (logged.result.status, logged.result.output) == (4, "out 0\n")
+        assert logged.lines == ["klp-harness: logged line"]
+        assert (logged.taint_before, logged.taint_after) == (0, 0)
+        assert guest.run_logged("(", "syntax").result.status == 2
+        assert guest.run_logged("true", "after").lines == []
+
         start = time.monotonic()
         kallsyms = guest.kallsyms()
         print(f"kallsyms: {len(kallsyms.splitlines())} lines in {time.monotonic() - start:.1f} s")

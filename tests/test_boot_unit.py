@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -21,11 +22,13 @@ from harness.vm import accel, boot
 from harness.vm.accel import Accel
 from harness.vm.consolelog import console_tail
 from harness.vm.guest import (
+    FUNCTIONS,
     OUTPUT_LIMIT,
     Guest,
     GuestDied,
     GuestFileError,
     GuestTimeout,
+    guest_functions,
 )
 from harness.vm.sharedir import SharedDir
 
@@ -381,3 +384,52 @@ def test_shared_dir_refuses_what_the_guest_may_plant(tmp_path: Path) -> None:
         share.read_status("fifo")
     assert sorted(p.name for p, _ in share.close()) == ["fifo", "planted.sh"]
     assert sorted(p.name for p in top.iterdir()) == sorted(["big", "done.rc", f"{stem}.sh"])
+
+
+def logged_guest(tmp_path: Path) -> tuple[Guest, Path]:
+    """A Guest over a host busybox shell that sourced the guest's shell functions, with
+    /dev/kmsg, the taint file and dmesg played by files in the shared dir."""
+    kernel = tmp_path / "kernel"
+    kernel.mkdir()
+    (kernel / "kmsg").write_text("boot noise before any canary\n")
+    (kernel / "tainted").write_text("0\n")
+    functions = guest_functions("TOKEN")
+    functions = functions.replace("/dev/kmsg", f"{kernel}/kmsg")
+    functions = functions.replace("/proc/sys/kernel/tainted", f"{kernel}/tainted")
+    assert '>"' not in functions.replace('>"$1.', "")  # every other write appends
+    # a function: busybox sh would run its own dmesg applet before a script on PATH
+    functions += f"dmesg() {{ sed 's/^/[    1.000000] /' {kernel}/kmsg; }}\n"
+    share = tmp_path / "share"
+    # sourced at each line: the file is written once the Guest has picked its token
+    shell = f'cd {share} && while read -r line; do . ./{FUNCTIONS}; eval "$line"; done'
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    guest = fake_guest(tmp_path, [busybox, "sh", "-c", shell])
+    (share / FUNCTIONS).write_text(functions.replace("TOKEN", guest._token))
+    return guest, kernel
+
+
+def test_logged_command_is_one_round_trip_with_only_its_kernel_lines(tmp_path: Path) -> None:
+    # One console line per command; the guest's shell runs it in a subshell without
+    # arguments, and hands back its output, status, the kernel lines from its canary on
+    # (filtered in the guest: the whole log is never copied) and the taint before and after.
+    guest, kernel = logged_guest(tmp_path)
+    try:
+        cmd = (
+            f'echo out; echo err >&2; echo "args=$#"; echo "klp: from cmd" >> {kernel}/kmsg; '
+            f"echo 4096 > {kernel}/tainted; exit 3"
+        )
+        logged = guest.run_logged(cmd, "step one")
+        assert (logged.result.status, logged.result.output) == (3, "out\nerr\nargs=0\n")
+        assert (logged.lines, logged.taint_before, logged.taint_after) == (
+            ["klp: from cmd"],
+            0,
+            4096,
+        )
+        # `exit` ended only the command; a syntax error is the command's status 2
+        assert guest.run_logged("(", "broken").result.status == 2
+        quiet = guest.run_logged("true", "quiet")
+        assert (quiet.result.status, quiet.lines, quiet.taint_before) == (0, [], 4096)
+        for path in guest.share_dir.iterdir():
+            assert "boot noise" not in path.read_text(errors="replace"), path.name
+    finally:
+        guest.kill()

@@ -6,6 +6,7 @@ own dmesg and /proc/kallsyms. `--kernel SPEC` picks other kernels; `-m "not vm"`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -42,6 +43,15 @@ def test_sample(sample: str, klp_step: Callable[[str], ModuleResult]) -> None:
     assert result.outcome in GOOD, f"{result.outcome}: {result.reason}"
     if result.outcome == PASS:
         assert any("/proc/kallsyms:" in line for line in result.evidence)
+        # every klp relocation accounted for in memory: verified, freed with init, or patched
+        counts = re.fullmatch(
+            r"(\d+) of (\d+) klp relocations verified in memory "
+            r"\((\d+) in freed init sections, (\d+) patched by the kernel\)",
+            result.memory,
+        )
+        assert counts, result.memory
+        verified, total, init, patched = map(int, counts.groups())
+        assert verified + init + patched == total
 
 
 def test_kernel_clone_address_is_kallsyms_address(

@@ -27,7 +27,7 @@ from harness.fileio import read_regular
 from harness.kernels.kernel import Kernel
 from harness.klp.convert import ConvertReport, convert_module
 from harness.klp.symbols import SymbolTable, load_symvers
-from harness.paths import BUILD_DIR, CONVERTER_DIR, INCLUDE_DIR, PACKAGE_DIR
+from harness.paths import BUILD_DIR, CONVERTER_DIR, INCLUDE_DIR, MODULES_DIR, PACKAGE_DIR
 from harness.suite.samples import Sample, required_sample
 
 _UNDEFINED = re.compile(r'(?:WARNING|ERROR): modpost: "([^"]+)" \[[^\]]+\] undefined!')
@@ -54,6 +54,11 @@ class BuiltModule:
     cached: bool
     seconds: float
     fingerprint: str = ""
+    # The conversion's intent, for the in-memory check (harness.suite.memcheck): each klp
+    # symbol's address in the kernel's table before KASLR (None: forced or a module's), and
+    # that table's `_text`, so a guest's KASLR offset can shift it.
+    predicted: tuple[tuple[str, int | None], ...] = ()
+    table_text: int | None = None
 
 
 def modpost_undefined(log_text: str) -> list[str]:
@@ -66,12 +71,14 @@ def _tail(text: str, lines: int = 15) -> str:
 
 
 def build_name(sample: Sample) -> str:
-    """The sample's directory name in the build cache: its own name when plain, else a
-    sanitised one with a hash of its path (never `..`, `$(...)`, spaces or quotes)."""
-    if _PLAIN_NAME.fullmatch(sample.name):
+    """The sample's directory name in the build cache: a plain name of modules/ as it is,
+    else a sanitised one with a hash of its path (never `..`, `$(...)`, spaces or quotes;
+    a user's `kernel_clone/` never shares the build of the sample of that name)."""
+    if _PLAIN_NAME.fullmatch(sample.name) and sample.path.parent == MODULES_DIR.resolve():
         return sample.name
     stem = re.sub(r"[^A-Za-z0-9_+-]+", "_", sample.name).strip("_")[:40] or "module"
-    digest = hashlib.sha256(os.fsencode(sample.path)).hexdigest()[:12]
+    where = os.fsencode(sample.path) + b"\0" + sample.name.encode()
+    digest = hashlib.sha256(where).hexdigest()[:12]
     return f"{stem}-{digest}"
 
 
@@ -308,6 +315,11 @@ def build_module(
                 "toolchain": toolchain,
                 "converted": " ".join(converted),
                 "left_alone": " ".join(sorted(report.left_alone)),
+                "predicted": " ".join(
+                    f"{c.obj}.{c.name},{c.sympos}={'-' if c.address is None else hex(c.address)}"
+                    for c in report.converted
+                ),
+                "table_text": _table_text(symtab),
             }
             (work / STAMP).write_text("".join(f"{k}={v}\n" for k, v in stamp.items()))
     # kbuild's .cmd files still name the staging dir; only the .ko files are used from here.
@@ -329,4 +341,25 @@ def _result(
         cached=cached,
         seconds=seconds,
         fingerprint=stamp.get("fingerprint", ""),
+        predicted=_predicted(stamp.get("predicted", "")),
+        table_text=_hex(stamp.get("table_text", "-")),
+    )
+
+
+def _table_text(symtab: SymbolTable) -> str:
+    found = symtab.candidates("_text")
+    return hex(found[0].address) if len(found) == 1 else "-"
+
+
+def _hex(text: str) -> int | None:
+    try:
+        return int(text, 16)
+    except ValueError:  # "-": not known; a stamp is the harness's own file
+        return None
+
+
+def _predicted(text: str) -> tuple[tuple[str, int | None], ...]:
+    """The stamp's `predicted` line: "vmlinux.name,pos=0x..." (or "=-") per klp symbol."""
+    return tuple(
+        (name, _hex(address)) for name, _, address in (i.rpartition("=") for i in text.split())
     )

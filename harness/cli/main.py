@@ -24,6 +24,7 @@ COMMANDS = {
     "inspect": "harness.cli.convert",
     "kernels": "harness.cli.kernels",
     "report": "harness.cli.report",
+    "init-expect": "harness.cli.init_expect",
     "run": "harness.cli.run",
     "bisect": "harness.cli.bisect",
 }

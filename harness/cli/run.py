@@ -9,7 +9,7 @@ from typing import Any
 from harness.console import Printer
 from harness.errors import UsageError
 from harness.suite.results import format_table
-from harness.suite.samples import all_samples, find_sample
+from harness.suite.samples import all_samples, find_samples
 
 
 def register(sub: Any) -> None:
@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME|PATH",
-        help="a sample in modules/ or your module directory (Kbuild + expect.toml); "
-        "repeatable (default: every sample)",
+        help="a sample in modules/ or your module directory (a Kbuild or Makefile with "
+        "obj-m; expect.toml optional: without it, every module obj-m names must build, "
+        "convert, load cleanly and unload); repeatable (default: every sample)",
     )
     parser.add_argument(
         "--results",
@@ -68,7 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from harness.suite.runner import default_jobs
     from harness.suite.runner import run as run_all
 
-    samples = [find_sample(m) for m in args.module] if args.module else all_samples()
+    samples = [s for m in args.module for s in find_samples(m)] if args.module else all_samples()
+    samples = list({(s.path, s.module): s for s in samples}.values())  # each once
+    names = [s.name for s in samples]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # results and transcripts are keyed by sample name
+        raise UsageError(f"--module: two modules named {', '.join(twice)}; rename a directory")
     if not samples:
         raise UsageError("no modules to run: modules/ is empty and no --module was given")
     specs = list(args.kernel)

@@ -21,6 +21,7 @@ from harness.suite.assertions import (
     check_taint,
     parse_resolved,
 )
+from harness.suite.memcheck import MAX_MISMATCHES, verify
 from harness.suite.results import FAIL, PASS, XFAIL, XPASS, ModuleResult, Outcome
 from harness.suite.samples import Expectation, GuestCheck
 from harness.suite.transcript import Command, Crash, Role, Transcript
@@ -34,10 +35,13 @@ def judge(
     transcript: Transcript, expectation: Expectation, kallsyms: KallsymsIndex | None
 ) -> ModuleResult:
     """The step's result. `kallsyms` may be None when `wants_kallsyms` says it is not read."""
+    memory = ""
     if transcript.crash is not None:
         outcome, reason, evidence = _crashed(transcript.crash)
     else:
-        outcome, reason, evidence = _Walk(transcript, expectation, kallsyms).verdict()
+        walk = _Walk(transcript, expectation, kallsyms)
+        outcome, reason, evidence = walk.verdict()
+        memory = walk.memory
     return ModuleResult(
         sample=transcript.sample,
         module=transcript.module,
@@ -50,6 +54,7 @@ def judge(
         toolchain=transcript.toolchain,
         build_log=transcript.build_log,
         console_log=transcript.console_log,
+        memory=memory,
     )
 
 
@@ -103,6 +108,8 @@ class _Walk:
         self, transcript: Transcript, expectation: Expectation, kallsyms: KallsymsIndex | None
     ) -> None:
         self.commands = transcript.commands
+        self.record = transcript.memory
+        self.memory = ""  # the summary, once checked
         self.requires = transcript.requires
         self.expectation = expectation
         self.kallsyms = kallsyms
@@ -171,6 +178,7 @@ class _Walk:
                 self._find(f"`{want.cmd}` was not run")
         self._rmmod()
         self._addresses()
+        self._memory()
         return (FAIL, self._reason()) if self.findings else (PASS, "")
 
     def _expect(self, patterns: Sequence[str], lines: Sequence[str], what: str) -> None:
@@ -197,6 +205,25 @@ class _Walk:
         if rmmod.status != 0:
             self._find(f"rmmod exited {rmmod.status}: {rmmod.output.strip()}")
         self._expect(self.expectation.rmmod_dmesg, rmmod.kernel, "rmmod")
+
+    def _memory(self) -> None:
+        """Every klp relocation against the field the kernel wrote (harness.suite.memcheck).
+        A step that could not read memory (no /proc/kcore) fails: the proof is missing."""
+        if self.record is None or self.kallsyms is None:
+            return
+        result = verify(self.record, self.kallsyms)
+        self.memory = result.summary
+        if result.ok:
+            self.evidence.append(result.summary)
+            return
+        if result.error:
+            self._find(result.error)
+            return
+        first = result.mismatches[:MAX_MISMATCHES]
+        more = len(result.mismatches) - len(first)
+        tail = f" (+{more} more)" if more else ""
+        self._find(f"klp relocation mismatch in memory: {'; '.join(first)}{tail}")
+        self.evidence += [result.summary, *first]
 
     def _addresses(self) -> None:
         """Every address the step printed (before required modules unload) against kallsyms."""

@@ -54,6 +54,7 @@ class ModuleResult:
     build_log: str = ""
     console_log: str = ""  # the console log of the boot this module ran in
     build_failed: bool = False  # the module never reached a guest: its build or conversion failed
+    memory: str = ""  # the in-memory verification's summary (harness.suite.memcheck)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModuleResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from typing import Any, Literal, get_args
 from harness.errors import ExpectationError
 from harness.kernels.kernel import Kernel
 from harness.paths import MODULES_DIR
+from harness.suite.kbuild import declares_livepatch, kbuild_modules
 
 # What an expect.toml says a module should do on a kernel.
 Expected = Literal["pass", "refused", "not-applicable"]
@@ -232,10 +234,20 @@ def load_sample(path: Path) -> Sample:
     """Read `path/expect.toml`; any malformation is an ExpectationError naming the file."""
     file = path / EXPECT_FILE
     try:
-        data = tomllib.loads(file.read_text())
+        text = file.read_text()
     except OSError as err:
         raise ExpectationError(f"{file}: cannot read: {err.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise ExpectationError(f"{file}: not valid TOML: {err}") from None
+    return sample_from_text(path, text)
+
+
+def sample_from_text(path: Path, text: str) -> Sample:
+    """The sample an expect.toml with `text` in module directory `path` describes."""
+    file = path / EXPECT_FILE
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
         raise ExpectationError(f"{file}: not valid TOML: {err}") from None
     where = str(file)
     _check_keys(
@@ -247,13 +259,17 @@ def load_sample(path: Path) -> Sample:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ExpectationError(f"{where}: `timeout` is a number of seconds > 0")
     module = data.get("module")
+    if module is None:  # optional when Kbuild or the Makefile builds exactly one module
+        with contextlib.suppress(ExpectationError):
+            only = kbuild_modules(path)
+            module = only[0] if len(only) == 1 else None
     if not isinstance(module, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", module):
         raise ExpectationError(f"{where}: `module` must name the .ko built by Kbuild")
     cases = data.get("expect")
     if not isinstance(cases, list) or not cases:
         raise ExpectationError(f"{where}: needs at least one [[expect]] table")
     return Sample(
-        name=path.name,
+        name=dir_name(path),
         path=path.resolve(),
         module=module,
         description=_typed(data, "description", str, "", where),
@@ -265,17 +281,96 @@ def load_sample(path: Path) -> Sample:
     )
 
 
-def find_sample(name_or_path: str) -> Sample:
-    """A name in modules/ or the path of a user's module directory."""
+def find_samples(name_or_path: str) -> list[Sample]:
+    """A name in modules/, or a module directory: with its expect.toml, else one sample per
+    module its Kbuild or Makefile builds, with the default expectation."""
     candidate = Path(name_or_path)
     if "/" not in name_or_path and (MODULES_DIR / name_or_path / EXPECT_FILE).is_file():
-        return load_sample(MODULES_DIR / name_or_path)
+        return [load_sample(MODULES_DIR / name_or_path)]
     if (candidate / EXPECT_FILE).is_file():
-        return load_sample(candidate)
+        return [load_sample(candidate)]
+    if candidate.is_dir():
+        return default_samples(candidate)
     known = ", ".join(s.name for s in all_samples()) or "none"
     raise ExpectationError(
-        f"{name_or_path}: not a sample in modules/ ({known}) nor a directory with {EXPECT_FILE}"
+        f"{name_or_path}: not a sample in modules/ ({known}) nor a module directory "
+        f"(with a Kbuild or Makefile)"
     )
+
+
+def find_sample(name_or_path: str) -> Sample:
+    """Like `find_samples`, for a directory that builds one module."""
+    samples = find_samples(name_or_path)
+    if len(samples) > 1:
+        names = ", ".join(s.module for s in samples)
+        raise ExpectationError(
+            f"{name_or_path}: builds {len(samples)} modules ({names}); name one directory "
+            "per module here, or run them all with `klp-harness run --module`"
+        )
+    return samples[0]
+
+
+# Without CONFIG_LIVEPATCH the loader leaves every klp relocation at 0: calling through one
+# would oops, so a module that does not check its addresses is not run there.
+NO_LIVEPATCH = "klp relocations need CONFIG_LIVEPATCH (without it they stay 0)"
+KLP_FOR_MODULES = (5, 8)  # the loader applies .klp.rela.vmlinux.* for any module since v5.8
+
+
+def livepatch_checks(module: str) -> tuple[GuestCheck, ...]:
+    """A livepatch module cannot be removed while enabled: wait for the transition, disable
+    it through sysfs and wait until the patch is gone and the reference dropped."""
+    name = module.replace("-", "_")
+    wait = "i=$((i+1)); [ $i -le 300 ] || exit 1; sleep 0.1"
+    return (
+        GuestCheck(
+            cmd=f"p=/sys/kernel/livepatch/{name}; i=0\n"
+            f'while [ "$(cat $p/transition)" != 0 ]; do {wait}; done\n'
+            'echo "enabled=$(cat $p/enabled) transition=0"',
+            output=("^enabled=1 transition=0$",),
+        ),
+        GuestCheck(
+            cmd=f"p=/sys/kernel/livepatch/{name}; echo 0 > $p/enabled || exit 1; i=0\n"
+            f'while [ -e $p ] || [ "$(cat /sys/module/{name}/refcnt)" != 0 ]; do {wait}; done\n'
+            'echo "disabled"',
+            output=("^disabled$",),
+        ),
+    )
+
+
+def default_expectation(module: str, livepatch: bool) -> Expectation:
+    """What a module without expect.toml must do: build, convert, load with no splat and no
+    new taint beyond O and E (and K for a livepatch), and unload cleanly."""
+    checks = livepatch_checks(module) if livepatch else ()
+    return Expectation("pass", taint="K" if livepatch else "", checks=checks)
+
+
+def dir_name(path: Path) -> str:
+    """A module directory's name as results know it (`.` and `..` by what they are)."""
+    return path.name if path.name not in ("", ".", "..") else path.resolve().name or "module"
+
+
+def default_samples(path: Path) -> list[Sample]:
+    """One sample per module the directory's Kbuild or Makefile builds, none with expect.toml;
+    several modules of one directory are named `<dir>.<module>`."""
+    modules = kbuild_modules(path)
+    livepatch = declares_livepatch(path)
+    stem = dir_name(path)
+    kind = "livepatch module" if livepatch else "module"
+    return [
+        Sample(
+            name=stem if len(modules) == 1 else f"{stem}.{module}",
+            path=path.resolve(),
+            module=module,
+            description=f"{kind} {module} (no {EXPECT_FILE}: the default expectation)",
+            min_kernel=None if livepatch else KLP_FOR_MODULES,
+            convert=ConvertOptions(),
+            cases=(
+                (Condition(config={"LIVEPATCH": "n"}), Expectation("not-applicable", NO_LIVEPATCH)),
+                (Condition(), default_expectation(module, livepatch)),
+            ),
+        )
+        for module in modules
+    ]
 
 
 def required_sample(sample: Sample, name: str) -> Sample:

@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Protocol
 
 from harness.build.modules import BuiltModule
-from harness.errors import BootError
+from harness.errors import BootError, HarnessError
 from harness.kernels.kernel import Kernel
+from harness.klp.elfread import ElfImage
 from harness.suite.assertions import KallsymsIndex, parse_kallsyms
 from harness.suite.judge import judge, wants_kallsyms
+from harness.suite.memcheck import VMLINUX, MemoryRecord, is_init, module_relocs
 from harness.suite.results import ModuleResult
 from harness.suite.samples import Expectation, Sample
 from harness.suite.transcript import Command, Crash, Role, Transcript
 from harness.vm.guest import GuestError, LoggedResult
+from harness.vm.kcore import KcoreGuest, KcoreReader
 
 
 class StepGuest(Protocol):
@@ -47,6 +50,8 @@ class GuestSteps:
         self.guest = guest
         self.kernel = kernel
         self._kallsyms: KallsymsIndex | None = None
+        # A guest that runs plain commands (a real one, not a replay) has its memory read.
+        self.kcore = KcoreReader(guest) if isinstance(guest, KcoreGuest) else None
 
     def kallsyms(self) -> KallsymsIndex:
         if self._kallsyms is None:
@@ -63,7 +68,7 @@ class GuestSteps:
         """Load `built` (after `required`), judge it against `expectation`. A guest lost
         during the step is in the transcript (`crash`): the guest is no longer usable."""
         start = time.monotonic()
-        recorder = _Recorder(self.guest, sample, expectation, built, required)
+        recorder = _Recorder(self.guest, sample, expectation, built, required, self.kcore)
         crash = recorder.record()
         transcript = Transcript(
             sample=sample.name,
@@ -77,6 +82,7 @@ class GuestSteps:
             converted=built.converted,
             toolchain=built.toolchain,
             build_log=str(built.log),
+            memory=recorder.memory,
         )
         index = None
         if wants_kallsyms(transcript, expectation):
@@ -96,9 +102,11 @@ class _Recorder:
         expectation: Expectation,
         built: BuiltModule,
         required: Sequence[BuiltModule],
+        kcore: KcoreReader | None = None,
     ) -> None:
         self.guest, self.sample, self.expectation = guest, sample, expectation
-        self.built, self.required = built, required
+        self.built, self.required, self.kcore = built, required, kcore
+        self.memory: MemoryRecord | None = None
         self.commands: list[Command] = []
         self.running: tuple[Role, str] = ("load", "")  # the command under way
 
@@ -120,12 +128,40 @@ class _Recorder:
         if loaded:
             insmod = self._run("insmod", module, f"insmod {_q(guest.path(self.built.ko))}")
             if insmod.status == 0 and self.expectation.outcome != "refused":
+                self._read_memory()
                 for check in self.expectation.checks:
                     self._run("check", "", check.cmd)
             if insmod.status == 0:  # loaded, as expected or not: unload it
                 self._run("rmmod", module, f"rmmod {_q(module)}")
         for dep in reversed(self.required):  # each, loaded or not
             self._run("unload", dep.module, f"rmmod {_q(dep.module)}")
+
+    def _read_memory(self) -> None:
+        """The bytes the kernel holds at each klp relocation of the module, just loaded."""
+        if self.kcore is None:
+            return
+        self.running = ("memory", f"/proc/kcore: {self.sample.module}")
+        try:
+            found = module_relocs(ElfImage.load(self.built.ko))
+        except (HarnessError, ValueError) as err:
+            self.memory = MemoryRecord(error=f"cannot read the module's klp relocations: {err}")
+            return
+        fields = [(r.section, r.offset, r.width) for r in found.relocs if not is_init(r.section)]
+        objects = sorted({r.obj for r in found.relocs} - {VMLINUX})
+        read = self.kcore.read(self.sample.module, fields, objects)
+        values = iter(read.fields)
+        self.memory = MemoryRecord(
+            error=read.error,
+            relocs=found.relocs,
+            sites=found.sites,
+            bases=tuple(sorted(read.bases.items())),
+            fields=tuple(
+                "" if is_init(r.section) or read.error else next(values).hex() for r in found.relocs
+            ),
+            predicted=self.built.predicted,
+            table_text=self.built.table_text,
+            symbols=read.symbols,
+        )
 
     def _run(self, role: Role, module: str, cmd: str) -> Command:
         self.running = (role, cmd)

@@ -16,13 +16,15 @@ from typing import Any, Literal, get_args
 
 from harness.errors import HarnessError
 from harness.fileio import atomic_write_text
+from harness.suite.memcheck import MemoryRecord
 
 SCHEMA = "klp-harness/transcript/1"
 DIRECTORY = "transcripts"  # in a run's directory
 
 # load/unload: a required module, before and after; insmod/rmmod: the sample's own module;
-# check: an expect.toml check; kallsyms: reading the guest's /proc/kallsyms.
-Role = Literal["load", "insmod", "check", "rmmod", "unload", "kallsyms"]
+# check: an expect.toml check; kallsyms: reading the guest's /proc/kallsyms; memory: reading
+# the loaded module's relocated fields through /proc/kcore.
+Role = Literal["load", "insmod", "check", "rmmod", "unload", "kallsyms", "memory"]
 ROLES: tuple[Role, ...] = get_args(Role)
 
 
@@ -69,10 +71,18 @@ class Transcript:
     converted: tuple[str, ...] = ()  # of the build that was loaded: ".klp.sym" names
     toolchain: str = ""
     build_log: str = ""
+    # The module's klp relocations and the memory at each, read right after it loaded;
+    # None when not read (not loaded, a refusal, a replayed guest, an older transcript).
+    memory: MemoryRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists), as `save` writes and `from_json` reads."""
-        data: dict[str, Any] = json.loads(json.dumps({"schema": SCHEMA, **asdict(self)}))
+        fields = asdict(self)
+        if self.memory is None:  # not read: left out, as files from before it was
+            del fields["memory"]
+        else:
+            fields["memory"] = self.memory.to_json()
+        data: dict[str, Any] = json.loads(json.dumps({"schema": SCHEMA, **fields}))
         return data
 
     @classmethod
@@ -82,6 +92,7 @@ class Transcript:
             if data.get("schema") != SCHEMA:
                 raise TranscriptError(f"{source}: not a {SCHEMA} file")
             crash = data.get("crash")
+            memory = data.get("memory")
             return cls(
                 sample=_str(data["sample"]),
                 module=_str(data["module"]),
@@ -95,6 +106,7 @@ class Transcript:
                 converted=_strs(data["converted"]),
                 toolchain=_str(data["toolchain"]),
                 build_log=_str(data["build_log"]),
+                memory=None if memory is None else MemoryRecord.from_json(memory),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise TranscriptError(f"{source}: malformed transcript: {err!r}") from None

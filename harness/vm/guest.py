@@ -29,6 +29,10 @@ from harness.vm.sharedir import SharedDir
 
 OUTPUT_LIMIT = 16 << 20  # a command's output, a dmesg dump: far above a 1 MiB log buffer
 KALLSYMS_LIMIT = 256 << 20  # /proc/kallsyms of a big config is tens of MiB
+FUNCTIONS = "klp-functions.sh"  # shell functions the guest sources at boot
+SHARE_CHECK = "shared-dir-check"  # the guest writes "ok" here at boot
+# Prints every line from the first one ending in canary `c` on (none if it is absent).
+_AWK_SINCE = "f || substr($0, length($0) - length(c) + 1) == c { f = 1; print }"
 # What the guest was doing when an error came: booting, running a command, or (the shared
 # dir) the host found a file there that the guest should not have made.
 Phase = Literal["boot", "command", "shared dir"]
@@ -131,12 +135,19 @@ class Guest:
         self.close()
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait for the shell, then make it quiet and machine-readable. Sets `boot_seconds`."""
+        """Wait for the shell, then make it quiet and machine-readable, and check the shared
+        dir both ways (the guest sources a file the host wrote and writes one back). Sets
+        `boot_seconds`."""
         deadline = self._started + timeout
         self._expect(r"[#$] ", max(1.0, deadline - time.monotonic()), "boot", "no shell prompt")
+        try:
+            self._share.create(FUNCTIONS, guest_functions(self._token).encode())
+        except FileReadError as err:
+            self._fail_hostile(f"cannot write the shell functions: {err}")
         setup = (
-            f"stty -echo; PS1=''; PS2=''; cd {GUEST_SHARE} && dmesg -n 1; "
-            f"echo 0 > /proc/sys/kernel/kptr_restrict; printf '%s:%s\\n' {self._token} ready"
+            f"stty -echo; PS1=''; PS2=''; cd {GUEST_SHARE} && . ./{FUNCTIONS} && "
+            f"echo ok > {SHARE_CHECK}; dmesg -n 1; echo 0 > /proc/sys/kernel/kptr_restrict; "
+            f"printf '%s:%s\\n' {self._token} ready"
         )
         # The line may reach the shell before it reads its terminal; resend until answered.
         while True:
@@ -155,6 +166,10 @@ class Guest:
                 break
             except _Retry:
                 continue
+        if self._share.read_status(SHARE_CHECK) != "ok":
+            raise BootError(
+                self._message("boot", f"the shared dir {self.share_dir} is not writable")
+            )
         self.boot_seconds = time.monotonic() - self._started
 
     def close(self) -> None:
@@ -241,39 +256,39 @@ class Guest:
     def run_logged(self, cmd: str, label: str, timeout: float = 60) -> LoggedResult:
         """`cmd` between a /dev/kmsg canary and a dmesg read, with the taint before and after,
         all in one round trip: the kernel lines it caused come back with its output."""
-        seq = self._seq + 1  # the number `run` gives this command
-        stem = self._share.stem(seq)
-        canary = dmesg.canary_line(label, f"{self._token}-{seq}")
-        script = (
-            f"cat /proc/sys/kernel/tainted > {stem}.taint0\n"
-            f"echo '{canary}' > /dev/kmsg\n"
-            f"(\n{cmd}\n)\nrc=$?\n"  # a subshell: `exit` in cmd ends only cmd
-            # A message without a trailing newline is held back until the next one comes:
-            # the end line flushes what the command caused into this dmesg read.
-            f"echo '{canary} end' > /dev/kmsg\n"
-            f"dmesg > {stem}.dmesg\n"
-            f"cat /proc/sys/kernel/tainted > {stem}.taint1\n"
-            "exit $rc\n"
-        )
-        result = self.run(script, timeout, note=f"{label}: {cmd}")
-        log = self.read_file(f"{stem}.dmesg").decode(errors="replace")
+        if not self.alive:
+            raise self._error(GuestDied, "command", f"guest is not running for {cmd!r}")
+        self._seq += 1
+        stem = self._share.stem(self._seq)
+        canary = dmesg.canary_line(label, f"{self._token}-{self._seq}")
         try:
-            before, after = (
-                dmesg.parse_tainted(self.read_file(f"{stem}.taint{i}", 64).decode(errors="replace"))
-                for i in (0, 1)
-            )
-        except ValueError as err:
-            raise BootError(
-                self._message("command", f"{cmd!r}: kernel state not read: {err}")
-            ) from None
+            self._share.create(f"{stem}.sh", (cmd + "\n").encode())
+        except FileReadError as err:
+            self._fail_hostile(f"cannot write the command script: {err}")
+        self._note(f"[{self._seq}] {label}: {cmd}")
+        start = time.monotonic()
+        self._child.sendline(f"klp_logged {stem} {self._seq} '{canary}'")
+        status = self._wait_status(stem, timeout * self.timeout_scale, f"no answer to {cmd!r}")
+        seconds = time.monotonic() - start
+        output = self.read_file(f"{stem}.out").decode(errors="replace")
+        # "<status> <taint before>" in .rc; the kernel lines, then the taint after, in .log.
+        log = self.read_file(f"{stem}.log").decode(errors="replace")
         lines = dmesg.lines_since(log, canary)
         if lines is None:
             raise BootError(
                 self._message("command", f"canary {canary!r} not in dmesg (ring buffer overrun?)")
             )
+        fields = self._share.read_status(f"{stem}.rc").split()
+        try:
+            if len(fields) != 2 or not lines:
+                raise ValueError(f"no taint values (status line {' '.join(fields)!r})")
+            before, after = dmesg.parse_tainted(fields[1]), dmesg.parse_tainted(lines.pop())
+        except ValueError as err:
+            raise BootError(
+                self._message("command", f"{cmd!r}: kernel state not read: {err}")
+            ) from None
         lines = [line for line in lines if line.strip() != f"{canary} end"]
-        return LoggedResult(CommandResult(cmd, result.output, result.status, result.seconds),
-                            lines, before, after)  # fmt: skip
+        return LoggedResult(CommandResult(cmd, output, status, seconds), lines, before, after)
 
     def kmsg_canary(self, label: str) -> str:
         """Write a unique line to /dev/kmsg and return it; `dmesg_since` finds it again."""
@@ -374,8 +389,9 @@ class Guest:
                     text = self._share.read_status(f"{stem}.rc")
                 except FileReadError as err:
                     self._fail_hostile(str(err))
-                if text.isdigit():
-                    return int(text)
+                first = text.split(maxsplit=1)[0] if text else ""
+                if first.isdigit():
+                    return int(first)
                 if left <= 0:
                     self._fail_timeout("command", f"{what} within {timeout:.0f} s")
 
@@ -387,6 +403,31 @@ class Guest:
     def _fail_timeout(self, phase: Phase, what: str) -> NoReturn:
         self.kill()
         raise self._error(GuestTimeout, phase, what + "; the guest was stopped")
+
+
+def guest_functions(token: str) -> str:
+    """Shell functions the guest's shell sources once at boot.
+
+    `klp_logged STEM SEQ CANARY` runs STEM.sh in a subshell without arguments (a fork, no
+    exec: under TCG an exec costs ~50 ms; `exit` in it ends only the subshell) between two
+    /dev/kmsg canaries. Then one awk keeps the kernel lines from the first line ending in
+    the canary on (filtering in the guest: writing the whole dmesg to the 9p dir costs more)
+    and appends the taint after as the last line of STEM.log; STEM.rc gets "status
+    taint-before", written last. (The shell's `read` cannot read the taint: it reads a byte
+    at a time, and a sysctl file gives nothing at a non-zero offset.)
+    """
+    return f"""klp_logged() {{
+\tklp_t0=$(cat /proc/sys/kernel/tainted)
+\techo "$3" >>/dev/kmsg
+\tklp_sh="./$1.sh"
+\t( set --; . "$klp_sh" ) >"$1.out" 2>&1 </dev/null
+\tklp_r=$?
+\techo "$3 end" >>/dev/kmsg
+\tdmesg | awk -v c="$3" '{_AWK_SINCE}' - /proc/sys/kernel/tainted >"$1.log"
+\techo "$klp_r $klp_t0" >"$1.rc"
+\tprintf '%s:%s:%s\\n' {token} "$2" "$klp_r"
+}}
+"""
 
 
 class _Retry(Exception):

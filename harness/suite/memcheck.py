@@ -1,0 +1,364 @@
+"""Live-memory verification of a loaded module's klp relocations: pure functions.
+
+`module_relocs` reads the converted .ko: every klp relocation (`.klp.rela.<obj>.<sec>`,
+symbol `.klp.sym.<obj>.<name>,<sympos>`) and the instruction sites the kernel rewrites on
+purpose after relocating (listed in the module's own tables: ftrace's `__mcount_loc`,
+alternatives, paravirt, static calls, jump labels, return thunks, retpolines, call thunks).
+harness.vm.kcore reads, in the guest, the bytes the kernel holds at each field; they are kept
+in a `MemoryRecord` (part of the step's transcript). `verify` then recomputes each field with
+the x86-64 loader's formula for the guest's own kallsyms entry of (object, name, sympos) and
+checks the conversion's intent: its predicted address, shifted by the guest's KASLR offset.
+
+A relocation is verified, in a freed init section (`.init.*`, covered by init having run
+without a splat), patched by the kernel (a listed site whose bytes no longer hold the
+relocated value), or a mismatch; never skipped. The intent check needs the conversion's
+record: it is skipped for a klp symbol without a predicted address (forced, or in a module
+object) and for a module whose build recorded none (converted elsewhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.klp.abi import LOADER_RELOCS, is_klp_rela, parse_klp_symbol
+from harness.klp.elfread import SHT_RELA, ElfImage, cstring, reloc_name
+from harness.suite.assertions import KallsymsIndex
+
+VMLINUX = "vmlinux"
+NO_KCORE = "cannot verify in memory: no /proc/kcore"
+MAX_MISMATCHES = 5  # shown as evidence
+# Tables of sites the kernel rewrites after relocation: entry size, where in the entry the
+# site's relocation is, and the site's length (None: the byte at entry+9, paravirt's len).
+SITE_TABLES: dict[str, tuple[int, int, int | None]] = {
+    "__mcount_loc": (8, 0, 5),
+    ".return_sites": (4, 0, 6),
+    ".retpoline_sites": (4, 0, 6),
+    ".call_sites": (4, 0, 6),
+    ".ibt_endbr_seal": (4, 0, 4),
+    ".smp_locks": (4, 0, 1),
+    ".static_call_sites": (8, 0, 5),
+    "__jump_table": (16, 0, 5),
+    ".parainstructions": (16, 0, None),
+    ".altinstructions": (0, 0, 16),  # entry size varies by version: every site relocation
+}
+_PC_RELATIVE = {2, 4, 24}  # PC32, PLT32, PC64
+
+
+@dataclass(frozen=True)
+class KlpReloc:
+    rela: str  # ".klp.rela.vmlinux..text"
+    section: str  # the section it writes into (sh_info)
+    offset: int
+    type: int
+    addend: int
+    obj: str
+    name: str
+    sympos: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.rela}+{self.offset:#x}"
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.obj}.{self.name},{self.sympos}"
+
+    @property
+    def width(self) -> int:
+        return LOADER_RELOCS.get(self.type, 0)
+
+
+@dataclass(frozen=True)
+class PatchSite:
+    table: str
+    section: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class ModuleRelocs:
+    relocs: tuple[KlpReloc, ...]
+    sites: tuple[PatchSite, ...]
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """What the step read: the .ko's klp relocations, the loaded section bases, the bytes at
+    each field (hex, "" where not read), and the conversion's intent."""
+
+    error: str = ""  # why memory was not read (e.g. NO_KCORE); a failed verification
+    relocs: tuple[KlpReloc, ...] = ()
+    sites: tuple[PatchSite, ...] = ()
+    bases: tuple[tuple[str, int], ...] = ()  # /sys/module/<m>/sections
+    fields: tuple[str, ...] = ()  # per relocation
+    predicted: tuple[tuple[str, int | None], ...] = ()  # "vmlinux.name,pos" -> table address
+    table_text: int | None = None  # `_text` in the table the conversion used
+    # kallsyms entries (object, name, address) of module objects the klp symbols name, read
+    # while loaded (the guest's kallsyms is read once per boot, maybe after they unload)
+    symbols: tuple[tuple[str, str, int], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "error": self.error,
+            "relocs": [list(_reloc_tuple(r)) for r in self.relocs],
+            "sites": [[s.table, s.section, s.offset, s.length] for s in self.sites],
+            "bases": [list(b) for b in self.bases],
+            "fields": list(self.fields),
+            "predicted": [list(p) for p in self.predicted],
+            "table_text": self.table_text,
+            "symbols": [list(s) for s in self.symbols],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> MemoryRecord:
+        """Raises TypeError/ValueError/KeyError on anything malformed (the transcript's caller
+        turns those into one line)."""
+        relocs = tuple(_reloc(item) for item in data["relocs"])
+        fields = tuple(bytes.fromhex(_str(f)).hex() for f in data["fields"])
+        if fields and len(fields) != len(relocs):
+            raise ValueError("memory: one field per relocation")
+        text = data["table_text"]
+        return cls(
+            error=_str(data["error"]),
+            relocs=relocs,
+            sites=tuple(
+                PatchSite(_str(t), _str(s), _int(o), _int(n)) for t, s, o, n in data["sites"]
+            ),
+            bases=tuple((_str(n), _int(a)) for n, a in data["bases"]),
+            fields=fields,
+            predicted=tuple(
+                (_str(n), None if a is None else _int(a)) for n, a in data["predicted"]
+            ),
+            table_text=None if text is None else _int(text),
+            symbols=tuple((_str(o), _str(n), _int(a)) for o, n, a in data.get("symbols", [])),
+        )
+
+
+@dataclass(frozen=True)
+class MemoryVerdict:
+    total: int = 0
+    verified: int = 0
+    init: int = 0
+    patched: int = 0
+    mismatches: tuple[str, ...] = ()
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and not self.mismatches
+
+    @property
+    def summary(self) -> str:
+        if self.error:
+            return self.error
+        return (
+            f"{self.verified} of {self.total} klp relocations verified in memory "
+            f"({self.init} in freed init sections, {self.patched} patched by the kernel)"
+        )
+
+
+def module_relocs(img: ElfImage) -> ModuleRelocs:
+    """The klp relocations of a converted module and the sites its tables list."""
+    syms = img.symbols()
+    strtab = img.strtab()
+    values = syms.values()
+    relocs: list[KlpReloc] = []
+    sites: list[PatchSite] = []
+    tables = {s.index: s.name for s in img.sections if s.name in SITE_TABLES}
+    for sec in img.sections:
+        if sec.type != SHT_RELA:
+            continue
+        relas = img.relas(sec.index)
+        target = img.sections[sec.info]
+        items = zip(relas.offsets(), relas.types(), relas.addends(), relas.symbols(), strict=True)
+        if is_klp_rela(img, sec.index):
+            for offset, rtype, addend, sym in items:
+                parsed = parse_klp_symbol(cstring(strtab, syms.names[sym]))
+                if parsed is None:
+                    raise ValueError(f"{img.label}: {sec.label}: a symbol without a klp name")
+                relocs.append(
+                    KlpReloc(
+                        sec.name, target.name, offset, rtype, addend, parsed.obj, parsed.name,
+                        parsed.sympos,
+                    )
+                )  # fmt: skip
+        elif sec.info in tables:
+            name = tables[sec.info]
+            size, at, length = SITE_TABLES[name]
+            data = img.section_bytes(sec.info)
+            for offset, _, addend, sym in items:
+                shndx = syms.shndx[sym]
+                if (size and offset % size != at) or not 0 < shndx < len(img.sections):
+                    continue
+                span = length
+                if span is None:  # paravirt: the entry's len byte
+                    entry = offset - at
+                    span = data[entry + 9] if entry + 9 < len(data) else 16
+                where = img.sections[shndx].name
+                sites.append(PatchSite(name, where, values[sym] + addend, span))
+    return ModuleRelocs(tuple(relocs), tuple(sites))
+
+
+def is_init(section: str) -> bool:
+    return section.startswith(".init.") or section == ".init"
+
+
+def verify(record: MemoryRecord, kallsyms: KallsymsIndex) -> MemoryVerdict:
+    """Each relocation against memory, the loader's formula and the conversion's intent."""
+    if record.error:
+        return MemoryVerdict(total=len(record.relocs), error=record.error)
+    total = len(record.relocs)
+    bases = dict(record.bases)
+    predicted = dict(record.predicted)
+    shift = _kaslr(record.table_text, kallsyms)
+    verified = init = patched = 0
+    bad: list[str] = []
+    for index, reloc in enumerate(record.relocs):
+        if is_init(reloc.section):
+            init += 1
+            continue
+        raw = bytes.fromhex(record.fields[index]) if index < len(record.fields) else b""
+        problem = _check(reloc, raw, bases, kallsyms, record.symbols)
+        if problem is None:
+            problem = _intent(reloc, kallsyms, predicted, shift, record.symbols)
+            if problem is None:
+                verified += 1
+                continue
+        elif _patched(reloc, record.sites):
+            patched += 1
+            continue
+        bad.append(problem)
+    return MemoryVerdict(total, verified, init, patched, tuple(bad))
+
+
+def live_address(
+    reloc: KlpReloc, kallsyms: KallsymsIndex, symbols: tuple[tuple[str, str, int], ...] = ()
+) -> int | None:
+    """The guest's kallsyms entry for (object, name, sympos), as the kernel resolves it:
+    position 0 must be unique, N is the Nth of that name in the object's kallsyms order.
+    A module object's entries come from `symbols` (read while it was loaded)."""
+    if reloc.obj == VMLINUX:
+        entries = [e.address for e in kallsyms.vmlinux.get(reloc.name, [])]
+    else:
+        entries = [a for o, n, a in symbols if o == reloc.obj and n == reloc.name]
+    if reloc.sympos == 0:
+        return entries[0] if len(entries) == 1 else None
+    return entries[reloc.sympos - 1] if reloc.sympos <= len(entries) else None
+
+
+def expected_field(reloc: KlpReloc, symbol: int, place: int) -> int:
+    """The loader's value (x86-64 apply_relocate_add) at the field's width, unsigned."""
+    value = symbol + reloc.addend - (place if reloc.type in _PC_RELATIVE else 0)
+    return value & ((1 << (8 * reloc.width)) - 1)
+
+
+def _check(
+    reloc: KlpReloc,
+    raw: bytes,
+    bases: dict[str, int],
+    kallsyms: KallsymsIndex,
+    symbols: tuple[tuple[str, str, int], ...],
+) -> str | None:
+    base = bases.get(reloc.section)
+    if base is None:
+        return f"{reloc.label} ({reloc.symbol}): no loaded address for {reloc.section}"
+    width = reloc.width
+    if not width:
+        return None if reloc.type == 0 else f"{reloc.label}: {reloc_name(reloc.type)}"
+    if len(raw) != width:
+        return f"{reloc.label} ({reloc.symbol}): field not read from memory"
+    symbol = live_address(reloc, kallsyms, symbols)
+    place = base + reloc.offset
+    held = int.from_bytes(raw, "little")
+    points = _target(reloc, held, place)
+    if symbol is None:
+        return (
+            f"{reloc.label} ({reloc.symbol}): no such entry in the guest's kallsyms; "
+            f"memory points at {points:#x}"
+        )
+    if held != expected_field(reloc, symbol, place):
+        return (
+            f"{reloc.label} at {place:#x} ({reloc.symbol}): memory points at {points:#x}, "
+            f"kallsyms has {reloc.symbol} at {symbol:#x}"
+        )
+    return None
+
+
+def _target(reloc: KlpReloc, held: int, place: int) -> int:
+    """The address a field's value stands for (S in S+A or S+A-P)."""
+    bits = 8 * reloc.width
+    value = held - (1 << bits) if reloc.type != 10 and held >> (bits - 1) else held
+    if reloc.type in _PC_RELATIVE:
+        value += place
+    return (value - reloc.addend) & ((1 << 64) - 1)
+
+
+def _kaslr(table_text: int | None, kallsyms: KallsymsIndex) -> int | None:
+    entries = kallsyms.vmlinux.get("_text")
+    if table_text is None or not entries:
+        return None
+    return entries[0].address - table_text
+
+
+def _intent(
+    reloc: KlpReloc,
+    kallsyms: KallsymsIndex,
+    predicted: dict[str, int | None],
+    shift: int | None,
+    symbols: tuple[tuple[str, str, int], ...],
+) -> str | None:
+    """The live target against what the conversion meant (skipped when it recorded nothing)."""
+    if not predicted:
+        return None
+    symbol = live_address(reloc, kallsyms, symbols)
+    if reloc.symbol in predicted:
+        meant = predicted[reloc.symbol]
+        if meant is None or shift is None or symbol is None or meant + shift == symbol:
+            return None
+        return (
+            f"{reloc.label} ({reloc.symbol}): memory points at {symbol:#x}, the conversion "
+            f"meant {meant + shift:#x}"
+        )
+    same = [k for k in predicted if k.rsplit(",", 1)[0] == f"{reloc.obj}.{reloc.name}"]
+    if not same:
+        return f"{reloc.label} ({reloc.symbol}): a klp symbol the conversion did not make"
+    meant = predicted[same[0]]
+    where = "" if meant is None or shift is None else f" at {meant + shift:#x}"
+    held = "?" if symbol is None else f"{symbol:#x}"
+    return (
+        f"{reloc.label} ({reloc.symbol}): memory points at {held}, the conversion meant "
+        f"{same[0]}{where}"
+    )
+
+
+def _patched(reloc: KlpReloc, sites: tuple[PatchSite, ...]) -> bool:
+    start, end = reloc.offset, reloc.offset + max(reloc.width, 1)
+    return any(
+        s.section == reloc.section and s.offset < end and start < s.offset + s.length for s in sites
+    )
+
+
+def _reloc_tuple(r: KlpReloc) -> tuple[str, str, int, int, int, str, str, int]:
+    return (r.rela, r.section, r.offset, r.type, r.addend, r.obj, r.name, r.sympos)
+
+
+def _reloc(item: Any) -> KlpReloc:
+    rela, section, offset, rtype, addend, obj, name, sympos = item
+    return KlpReloc(
+        _str(rela), _str(section), _int(offset), _int(rtype), _int(addend), _str(obj),
+        _str(name), _int(sympos),
+    )  # fmt: skip
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value

@@ -1,0 +1,62 @@
+"""The in-memory check of klp relocations on a real kernel: a test module with persistent
+references to init_once,2 verifies in memory; the same module with its klp symbol's
+position edited after conversion (`,2` to `,3` in .strtab, same length) still loads, yet
+its step fails naming the relocation and both addresses. Nothing mocked (vm marker)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.build.modules import build_with_requirements, builds_dir
+from harness.fileio import atomic_write_bytes
+from harness.kernels.kernel import Kernel
+from harness.suite.results import FAIL, PASS
+from harness.suite.samples import find_sample
+from harness.suite.steps import GuestSteps
+from harness.suite.transcript import transcript_file
+from harness.vm.guest import Guest
+
+pytestmark = pytest.mark.vm
+
+MODULE_DIR = Path(__file__).parent / "data" / "memcheck" / "init_once_ref"
+ORIGINAL = b".klp.sym.vmlinux.init_once,2\0"
+TAMPERED = b".klp.sym.vmlinux.init_once,3\0"
+VERIFIED = (
+    "2 of 2 klp relocations verified in memory (0 in freed init sections, 0 patched by the kernel)"
+)
+
+
+def test_tampered_sympos_loads_but_fails_in_memory(
+    klp_guest: Guest, klp_kernel: Kernel, klp_results_dir: Path
+) -> None:
+    sample = find_sample(str(MODULE_DIR))
+    expectation = sample.expectation(klp_kernel)
+    if expectation.outcome != "pass":
+        pytest.skip(f"{klp_kernel.name}: {expectation.reason}")
+    built, _ = build_with_requirements(klp_kernel, sample)
+    steps = GuestSteps(klp_guest, klp_kernel)
+
+    result, transcript = steps.run(sample, expectation, built)
+    transcript.save(transcript_file(klp_results_dir, klp_kernel.name, "memcheck_ref"))
+    assert result.outcome == PASS, result.reason
+    assert result.memory == VERIFIED
+
+    data = built.ko.read_bytes()
+    assert data.count(ORIGINAL) == 1
+    tampered = builds_dir(klp_kernel) / "memcheck-tampered" / built.ko.name
+    tampered.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(tampered, data.replace(ORIGINAL, TAMPERED))
+    result, transcript = steps.run(sample, expectation, replace(built, ko=tampered))
+    transcript.save(transcript_file(klp_results_dir, klp_kernel.name, "memcheck_tampered"))
+    insmod = next(c for c in transcript.commands if c.role == "insmod")
+    assert insmod.status == 0  # the kernel took it
+    assert result.outcome == FAIL
+    assert "klp relocation mismatch in memory" in result.reason
+    assert ".klp.rela.vmlinux..data+0x0 (vmlinux.init_once,3)" in result.reason
+    live, meant = re.findall(r"0x[0-9a-f]{16}", result.reason)[:2]
+    assert live != meant
+    assert "the conversion meant vmlinux.init_once,2" in result.reason
