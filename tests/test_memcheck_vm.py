@@ -60,3 +60,39 @@ def test_tampered_sympos_loads_but_fails_in_memory(
     live, meant = re.findall(r"0x[0-9a-f]{16}", result.reason)[:2]
     assert live != meant
     assert "the conversion meant vmlinux.init_once,2" in result.reason
+
+
+def test_tampered_sample_sympos_2_fails_in_memory(
+    klp_guest: Guest, klp_kernel: Kernel, klp_results_dir: Path
+) -> None:
+    """The shipped sample itself: its .data copy of init_once,2 outlives init, so the same
+    `,2` -> `,3` edit is caught in memory, besides the address its init printed."""
+    sample = find_sample("sympos_2")
+    expectation = sample.expectation(klp_kernel)
+    if expectation.outcome != "pass":
+        pytest.skip(f"{klp_kernel.name}: {expectation.reason}")
+    built, _ = build_with_requirements(klp_kernel, sample)
+    steps = GuestSteps(klp_guest, klp_kernel)
+    result, _ = steps.run(sample, expectation, built)
+    assert result.outcome == PASS, result.reason
+    assert result.memory.startswith("1 of 2 klp relocations verified in memory (1 in freed init")
+
+    data = built.ko.read_bytes()
+    assert data.count(ORIGINAL) == 1
+    tampered = builds_dir(klp_kernel) / "memcheck-tampered-sympos_2" / built.ko.name
+    tampered.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(tampered, data.replace(ORIGINAL, TAMPERED))
+    result, transcript = steps.run(sample, expectation, replace(built, ko=tampered))
+    transcript.save(transcript_file(klp_results_dir, klp_kernel.name, "sympos_2_tampered"))
+    insmod = next(c for c in transcript.commands if c.role == "insmod")
+    assert insmod.status == 0  # the kernel took it
+    assert result.outcome == FAIL
+    mismatch = re.search(
+        r"klp relocation mismatch in memory: \.klp\.rela\.vmlinux\.\.data\+0x0 "
+        r"\(vmlinux\.init_once,3\): memory points at (0x[0-9a-f]{16}), "
+        r"the conversion meant vmlinux\.init_once,2 at (0x[0-9a-f]{16})",
+        result.reason,
+    )
+    assert mismatch, result.reason
+    assert mismatch.group(1) != mismatch.group(2)
+    print(f"tampered sympos_2: {result.reason}")

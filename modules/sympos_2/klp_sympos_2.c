@@ -7,7 +7,8 @@
  *
  * The module only takes the address: it never calls a static function it knows
  * nothing about. The harness checks that the address is the 2nd init_once in
- * the guest's /proc/kallsyms order.
+ * the guest's /proc/kallsyms order. A copy kept in .data outlives init, so the
+ * harness can also read the relocated field in the loaded module's memory.
  */
 #include <linux/module.h>
 
@@ -15,6 +16,9 @@
 
 /* Any prototype: only the address is used. */
 extern void init_once(void *foo);
+
+/* An R_X86_64_64 klp relocation in a section that is not freed after init. */
+static void (*klp_sympos_2_kept)(void *foo) __used = init_once;
 
 static int __init klp_sympos_2_init(void)
 {
@@ -29,7 +33,8 @@ static int __init klp_sympos_2_init(void)
 
 static void __exit klp_sympos_2_exit(void)
 {
-	pr_info("klp_sympos_2: unloaded\n");
+	pr_info("klp_sympos_2: unloaded; the .data copy of init_once,2 is %pS\n",
+		klp_sympos_2_kept);
 }
 
 module_init(klp_sympos_2_init);
