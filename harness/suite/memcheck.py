@@ -42,6 +42,11 @@ SITE_TABLES: dict[str, tuple[int, int, int | None]] = {
     ".parainstructions": (16, 0, None),
     ".altinstructions": (0, 0, 16),  # entry size varies by version: every site relocation
 }
+# Tables the kernel rewrites in place at load, so a field inside them no longer holds the
+# relocated value: static_call_add_module() swaps each trampoline key (__SCT__x) for the key
+# (__SCK__x, plus flag bits) and sorts the table; jump_label_sort_entries() sorts the
+# entries, which are relative to themselves, and the key field carries flag bits.
+REWRITTEN_TABLES = (".static_call_sites", "__jump_table")
 _PC_RELATIVE = {2, 4, 24}  # PC32, PLT32, PC64
 
 
@@ -211,8 +216,7 @@ def verify(record: MemoryRecord, kallsyms: KallsymsIndex) -> MemoryVerdict:
         return MemoryVerdict(total=len(record.relocs), error=record.error)
     total = len(record.relocs)
     bases = dict(record.bases)
-    predicted = dict(record.predicted)
-    shift = _kaslr(record.table_text, kallsyms)
+    predicted = _in_guest(dict(record.predicted), record.table_text, kallsyms)
     verified = init = patched = 0
     bad: list[str] = []
     for index, reloc in enumerate(record.relocs):
@@ -222,11 +226,11 @@ def verify(record: MemoryRecord, kallsyms: KallsymsIndex) -> MemoryVerdict:
         raw = bytes.fromhex(record.fields[index]) if index < len(record.fields) else b""
         problem = _check(reloc, raw, bases, kallsyms, record.symbols)
         if problem is None:
-            problem = _intent(reloc, kallsyms, predicted, shift, record.symbols)
+            problem = _intent(reloc, kallsyms, predicted, record.symbols)
             if problem is None:
                 verified += 1
                 continue
-        elif _patched(reloc, record.sites):
+        elif reloc.section in REWRITTEN_TABLES or _patched(reloc, record.sites):
             patched += 1
             continue
         bad.append(problem)
@@ -295,37 +299,43 @@ def _target(reloc: KlpReloc, held: int, place: int) -> int:
     return (value - reloc.addend) & ((1 << 64) - 1)
 
 
-def _kaslr(table_text: int | None, kallsyms: KallsymsIndex) -> int | None:
+def _in_guest(
+    predicted: dict[str, int | None], table_text: int | None, kallsyms: KallsymsIndex
+) -> dict[str, int | None]:
+    """The predicted addresses moved by the guest's KASLR offset (guest `_text` minus the
+    table's); the per-cpu offsets below `_text` (this_cpu_off, ...) do not move. Empty when
+    the offset is unknown: intent is then not checked."""
     entries = kallsyms.vmlinux.get("_text")
     if table_text is None or not entries:
-        return None
-    return entries[0].address - table_text
+        return {}
+    shift = entries[0].address - table_text
+    return {k: v if v is None or v < table_text else v + shift for k, v in predicted.items()}
 
 
 def _intent(
     reloc: KlpReloc,
     kallsyms: KallsymsIndex,
     predicted: dict[str, int | None],
-    shift: int | None,
     symbols: tuple[tuple[str, str, int], ...],
 ) -> str | None:
-    """The live target against what the conversion meant (skipped when it recorded nothing)."""
+    """The live target against what the conversion meant, as moved into the guest
+    (skipped when it recorded nothing)."""
     if not predicted:
         return None
     symbol = live_address(reloc, kallsyms, symbols)
     if reloc.symbol in predicted:
         meant = predicted[reloc.symbol]
-        if meant is None or shift is None or symbol is None or meant + shift == symbol:
+        if meant is None or symbol is None or meant == symbol:
             return None
         return (
             f"{reloc.label} ({reloc.symbol}): memory points at {symbol:#x}, the conversion "
-            f"meant {meant + shift:#x}"
+            f"meant {meant:#x}"
         )
     same = [k for k in predicted if k.rsplit(",", 1)[0] == f"{reloc.obj}.{reloc.name}"]
     if not same:
         return f"{reloc.label} ({reloc.symbol}): a klp symbol the conversion did not make"
     meant = predicted[same[0]]
-    where = "" if meant is None or shift is None else f" at {meant + shift:#x}"
+    where = "" if meant is None else f" at {meant:#x}"
     held = "?" if symbol is None else f"{symbol:#x}"
     return (
         f"{reloc.label} ({reloc.symbol}): memory points at {held}, the conversion meant "
