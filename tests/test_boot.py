@@ -79,7 +79,8 @@ def test_commands_kernel_log_and_kallsyms(klp_kernel: Kernel, tmp_path: Path) ->
     assert not guest.alive
     assert (tmp_path / "console.files" / "dmesg.txt").stat().st_size > 0
     text = log.read_text(errors="replace")
-    assert "# klp-harness: [2] uname -r" in text and "kernel_clone" not in text
+    # the boot's shared-dir check is part of its set-up line: the first command is [1]
+    assert "# klp-harness: [1] uname -r" in text and "kernel_clone" not in text
 
 
 def test_hung_command_times_out_and_stops_the_guest(klp_kernel: Kernel, tmp_path: Path) -> None:

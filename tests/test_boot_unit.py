@@ -22,14 +22,13 @@ from harness.vm import accel, boot
 from harness.vm.accel import Accel
 from harness.vm.consolelog import console_tail
 from harness.vm.guest import (
-    FUNCTIONS,
     OUTPUT_LIMIT,
     Guest,
     GuestDied,
     GuestFileError,
     GuestTimeout,
-    guest_functions,
 )
+from harness.vm.guestroot import FUNCTIONS, guest_functions
 from harness.vm.sharedir import SharedDir
 
 DATA = Path(__file__).parent / "data" / "consoles"
@@ -386,9 +385,10 @@ def test_shared_dir_refuses_what_the_guest_may_plant(tmp_path: Path) -> None:
     assert sorted(p.name for p in top.iterdir()) == sorted(["big", "done.rc", f"{stem}.sh"])
 
 
-def logged_guest(tmp_path: Path) -> tuple[Guest, Path]:
+def logged_guest(tmp_path: Path, *, marker: bool = True) -> tuple[Guest, Path]:
     """A Guest over a host busybox shell that sourced the guest's shell functions, with
-    /dev/kmsg, the taint file and dmesg played by files in the shared dir."""
+    /dev/kmsg, the taint file and dmesg played by files (`marker` False: the end marker
+    never reaches the console, as when kernel messages garble it)."""
     kernel = tmp_path / "kernel"
     kernel.mkdir()
     (kernel / "kmsg").write_text("boot noise before any canary\n")
@@ -397,6 +397,8 @@ def logged_guest(tmp_path: Path) -> tuple[Guest, Path]:
     functions = functions.replace("/dev/kmsg", f"{kernel}/kmsg")
     functions = functions.replace("/proc/sys/kernel/tainted", f"{kernel}/tainted")
     assert '>"' not in functions.replace('>"$1.', "")  # every other write appends
+    if not marker:
+        functions = functions.replace("printf '%s:%s:%s", ": '%s:%s:%s")
     # a function: busybox sh would run its own dmesg applet before a script on PATH
     functions += f"dmesg() {{ sed 's/^/[    1.000000] /' {kernel}/kmsg; }}\n"
     share = tmp_path / "share"
@@ -409,7 +411,7 @@ def logged_guest(tmp_path: Path) -> tuple[Guest, Path]:
 
 
 def test_logged_command_is_one_round_trip_with_only_its_kernel_lines(tmp_path: Path) -> None:
-    # One console line per command; the guest's shell runs it in a subshell without
+    # One console line per command; the guest's shell runs it with sh, without
     # arguments, and hands back its output, status, the kernel lines from its canary on
     # (filtered in the guest: the whole log is never copied) and the taint before and after.
     guest, kernel = logged_guest(tmp_path)
@@ -433,3 +435,20 @@ def test_logged_command_is_one_round_trip_with_only_its_kernel_lines(tmp_path: P
             assert "boot noise" not in path.read_text(errors="replace"), path.name
     finally:
         guest.kill()
+
+
+def test_logged_status_file_is_the_fallback_for_a_garbled_marker(tmp_path: Path) -> None:
+    guest, kernel = logged_guest(tmp_path, marker=False)
+    try:
+        logged = guest.run_logged(f"echo 'klp: line' >> {kernel}/kmsg; exit 5", "lost", timeout=10)
+        assert (logged.result.status, logged.lines) == (5, ["klp: line"])
+    finally:
+        guest.kill()
+
+
+def test_logged_timeout_names_the_step(tmp_path: Path) -> None:
+    guest, _ = logged_guest(tmp_path)
+    with pytest.raises(GuestTimeout, match=r"command: no answer to 'hang insmod: sleep 30'"):
+        guest.run_logged("sleep 30", "hang insmod", timeout=1)
+    assert not guest.alive
+    guest.close()

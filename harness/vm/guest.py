@@ -5,6 +5,11 @@ to a file in a directory shared read-write with the host (virtme-ng `--rwdir`), 
 messages interleaving on the console can never corrupt it, and big outputs (kallsyms) cost
 a 9p write instead of a slow serial transfer under TCG. The guest can write there too, so
 the host handles that directory as hostile (harness.vm.sharedir).
+
+A logged command (a suite step's) is one console line each way: shell functions sourced at
+boot run it, bracket it with /dev/kmsg canaries, keep only the kernel lines from its canary
+on and read the taint around it, all in the guest. Under TCG every guest process costs
+milliseconds and every 9p write a round trip, so the protocol spends as few as it can.
 """
 
 from __future__ import annotations
@@ -24,15 +29,12 @@ from harness.errors import BootError, FileReadError
 from harness.vm import dmesg
 from harness.vm.accel import Accel
 from harness.vm.consolelog import console_tail
-from harness.vm.guestroot import GUEST_SHARE, guest_path
+from harness.vm.guestroot import FUNCTIONS, GUEST_SHARE, guest_functions, guest_path
 from harness.vm.sharedir import SharedDir
 
 OUTPUT_LIMIT = 16 << 20  # a command's output, a dmesg dump: far above a 1 MiB log buffer
 KALLSYMS_LIMIT = 256 << 20  # /proc/kallsyms of a big config is tens of MiB
-FUNCTIONS = "klp-functions.sh"  # shell functions the guest sources at boot
 SHARE_CHECK = "shared-dir-check"  # the guest writes "ok" here at boot
-# Prints every line from the first one ending in canary `c` on (none if it is absent).
-_AWK_SINCE = "f || substr($0, length($0) - length(c) + 1) == c { f = 1; print }"
 # What the guest was doing when an error came: booting, running a command, or (the shared
 # dir) the host found a file there that the guest should not have made.
 Phase = Literal["boot", "command", "shared dir"]
@@ -99,6 +101,9 @@ class Guest:
         modules: Path | None = None,
     ) -> None:
         self._child = child
+        # pexpect sleeps 50 ms before every send by default (for password prompts): a
+        # fixed delay per command that our marker protocol does not need.
+        child.delaybeforesend = None
         self.kernel_name = kernel_name
         self.accel = accel
         self.accel_reason = accel_reason
@@ -166,7 +171,11 @@ class Guest:
                 break
             except _Retry:
                 continue
-        if self._share.read_status(SHARE_CHECK) != "ok":
+        try:
+            check = self._share.read_status(SHARE_CHECK)
+        except FileReadError as err:
+            self._fail_hostile(str(err))
+        if check != "ok":
             raise BootError(
                 self._message("boot", f"the shared dir {self.share_dir} is not writable")
             )
@@ -265,14 +274,15 @@ class Guest:
             self._share.create(f"{stem}.sh", (cmd + "\n").encode())
         except FileReadError as err:
             self._fail_hostile(f"cannot write the command script: {err}")
-        self._note(f"[{self._seq}] {label}: {cmd}")
+        note = f"{label}: {cmd}"  # names the step in the console log and in a timeout
+        self._note(f"[{self._seq}] {note}")
         start = time.monotonic()
         self._child.sendline(f"klp_logged {stem} {self._seq} '{canary}'")
-        status = self._wait_status(stem, timeout * self.timeout_scale, f"no answer to {cmd!r}")
+        status = self._wait_status(stem, timeout * self.timeout_scale, f"no answer to {note!r}")
         seconds = time.monotonic() - start
         output = self.read_file(f"{stem}.out").decode(errors="replace")
-        # "<status> <taint before>" in .rc; the kernel lines, then the taint after, in .log.
-        log = self.read_file(f"{stem}.log").decode(errors="replace")
+        # "<status> <taint before>" in .rc; the kernel lines, then the taint after, in .dmesg.
+        log = self.read_file(f"{stem}.dmesg").decode(errors="replace")
         lines = dmesg.lines_since(log, canary)
         if lines is None:
             raise BootError(
@@ -308,7 +318,8 @@ class Guest:
     def kallsyms(self) -> str:
         """The guest's /proc/kallsyms, fetched once per boot through the shared dir."""
         if self._kallsyms is None:
-            self.checked("cat /proc/kallsyms > kallsyms.txt", timeout=120)
+            # /proc/kallsyms reads 4 KiB at a time; 1 MiB writes halve the 9p cost.
+            self.checked("dd if=/proc/kallsyms of=kallsyms.txt bs=1M iflag=fullblock", timeout=120)
             data = self.read_file("kallsyms.txt", KALLSYMS_LIMIT)
             self._kallsyms = data.decode(errors="replace")
         return self._kallsyms
@@ -403,31 +414,6 @@ class Guest:
     def _fail_timeout(self, phase: Phase, what: str) -> NoReturn:
         self.kill()
         raise self._error(GuestTimeout, phase, what + "; the guest was stopped")
-
-
-def guest_functions(token: str) -> str:
-    """Shell functions the guest's shell sources once at boot.
-
-    `klp_logged STEM SEQ CANARY` runs STEM.sh in a subshell without arguments (a fork, no
-    exec: under TCG an exec costs ~50 ms; `exit` in it ends only the subshell) between two
-    /dev/kmsg canaries. Then one awk keeps the kernel lines from the first line ending in
-    the canary on (filtering in the guest: writing the whole dmesg to the 9p dir costs more)
-    and appends the taint after as the last line of STEM.log; STEM.rc gets "status
-    taint-before", written last. (The shell's `read` cannot read the taint: it reads a byte
-    at a time, and a sysctl file gives nothing at a non-zero offset.)
-    """
-    return f"""klp_logged() {{
-\tklp_t0=$(cat /proc/sys/kernel/tainted)
-\techo "$3" >>/dev/kmsg
-\tklp_sh="./$1.sh"
-\t( set --; . "$klp_sh" ) >"$1.out" 2>&1 </dev/null
-\tklp_r=$?
-\techo "$3 end" >>/dev/kmsg
-\tdmesg | awk -v c="$3" '{_AWK_SINCE}' - /proc/sys/kernel/tainted >"$1.log"
-\techo "$klp_r $klp_t0" >"$1.rc"
-\tprintf '%s:%s:%s\\n' {token} "$2" "$klp_r"
-}}
-"""
 
 
 class _Retry(Exception):

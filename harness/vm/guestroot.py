@@ -20,6 +20,7 @@ from harness.errors import BootError
 GUEST_SHARE = "/klp/share"  # the run's writable directory
 GUEST_MODULES = "/klp/modules"  # the module builds of the kernel under test, read-only
 SHELL = "/bin/klp-shell"
+FUNCTIONS = "klp-functions.sh"  # shell functions the guest's shell sources at boot
 
 # What the harness, the samples' checks and virtme-ng's init run in the guest (init needs
 # sh, mount and su; `ip` only quiets its loopback set-up).
@@ -116,3 +117,30 @@ def guest_path(path: Path, modules: Path | None) -> str:
         if real.startswith(top + os.sep):
             return GUEST_MODULES + real[len(top) :]
     raise BootError(f"{path}: not visible in the guest (only {modules} is exposed)")
+
+
+# Prints every line from the first one ending in canary `c` on (none if it is absent).
+_AWK_SINCE = "f || substr($0, length($0) - length(c) + 1) == c { f = 1; print }"
+
+
+def guest_functions(token: str) -> str:
+    """Shell functions the guest's shell sources once at boot.
+
+    `klp_logged STEM SEQ CANARY` runs STEM.sh with sh (its own $0 and $$, as checks expect)
+    between two /dev/kmsg canaries. Then one awk keeps the kernel lines from the first line
+    ending in the canary on (filtering in the guest: writing the whole dmesg to the 9p dir
+    costs more) and appends the taint after as the last line of STEM.dmesg; STEM.rc gets
+    "status taint-before", written last. (The shell's `read` cannot read the taint: it
+    reads a byte at a time, and a sysctl file gives nothing at a non-zero offset.)
+    """
+    return f"""klp_logged() {{
+\tklp_t0=$(cat /proc/sys/kernel/tainted)
+\techo "$3" >>/dev/kmsg
+\tsh "$1.sh" >"$1.out" 2>&1 </dev/null
+\tklp_r=$?
+\techo "$3 end" >>/dev/kmsg
+\tdmesg | awk -v c="$3" '{_AWK_SINCE}' - /proc/sys/kernel/tainted >"$1.dmesg"
+\techo "$klp_r $klp_t0" >"$1.rc"
+\tprintf '%s:%s:%s\\n' {token} "$2" "$klp_r"
+}}
+"""
