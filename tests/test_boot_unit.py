@@ -20,14 +20,9 @@ from harness.fileio import sweep_special_files
 from harness.kernels.kernel import Kernel
 from harness.vm import accel, boot
 from harness.vm.accel import Accel
+from harness.vm.commands import GuestDied, GuestFileError, GuestTimeout
 from harness.vm.consolelog import console_tail
-from harness.vm.guest import (
-    OUTPUT_LIMIT,
-    Guest,
-    GuestDied,
-    GuestFileError,
-    GuestTimeout,
-)
+from harness.vm.guest import OUTPUT_LIMIT, Guest
 from harness.vm.guestroot import FUNCTIONS, guest_functions
 from harness.vm.sharedir import SharedDir
 

@@ -28,7 +28,7 @@ from harness.suite.memcheck import (
 from harness.suite.results import FAIL, PASS
 from harness.suite.samples import Expectation
 from harness.suite.transcript import Transcript, TranscriptError
-from harness.vm.guest import CommandResult
+from harness.vm.commands import CommandResult
 from harness.vm.kcore import KcoreError, KcoreReader, Segment, file_offset, parse_segments
 
 RUN, TAMPER = "memcheck/run", "memcheck/tamper"

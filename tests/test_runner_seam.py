@@ -28,7 +28,7 @@ from harness.suite.results import FAIL, NOT_RUN, PASS, KernelResult, ModuleResul
 from harness.suite.runner import Backend, run
 from harness.suite.samples import Sample
 from harness.suite.transcript import Command, Crash, Transcript, load_transcript, transcript_file
-from harness.vm.guest import CommandResult, GuestDied, LoggedResult
+from harness.vm.commands import CommandResult, GuestDied, LoggedResult
 
 BUILDS = Path("/nonexistent/builds")  # host side of the guest's /klp/modules
 HOSTILE_ORDER = ["panic_init", "hang_init", "oops_init", "kernel_clone"]

@@ -32,8 +32,8 @@ from harness.klp.symbols import SymbolTable
 from harness.suite.assertions import KallsymsIndex, parse_kallsyms
 from harness.suite.memcheck import MemoryRecord, MemoryVerdict, is_init, module_relocs, verify
 from harness.vm.boot import boot
+from harness.vm.commands import LoggedResult
 from harness.vm.dmesg import letters_mask, scan_splats, taint_letters
-from harness.vm.guest import LoggedResult
 from harness.vm.kcore import KcoreReader
 
 pytestmark = [pytest.mark.vm, pytest.mark.world]

@@ -263,6 +263,8 @@ class _KernelSteps:
         self, steps: GuestSteps, left: list[Prepared], done: dict[str, ModuleResult]
     ) -> None:
         """Steps until none is left or the guest is lost (that step fails: boot again)."""
+        if any(item.expectation.outcome == "pass" for item in left):
+            steps.prefetch_kallsyms()
         while left:
             item = left.pop(0)
             assert item.built is not None

@@ -25,7 +25,8 @@ from harness.kernels.kernel import Kernel
 from harness.paths import python_tool
 from harness.vm import guestroot
 from harness.vm.accel import ACCELS, Accel, AccelChoice, choose_accel, die_with_parent
-from harness.vm.guest import CommandResult, Guest, GuestDied, GuestTimeout
+from harness.vm.commands import CommandResult, GuestDied, GuestTimeout
+from harness.vm.guest import Guest
 
 __all__ = ["CommandResult", "Guest", "GuestDied", "GuestTimeout", "boot", "vng_command"]
 

@@ -18,7 +18,6 @@ import contextlib
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, NoReturn
@@ -28,6 +27,14 @@ import pexpect
 from harness.errors import BootError, FileReadError
 from harness.vm import dmesg
 from harness.vm.accel import Accel
+from harness.vm.commands import (
+    CommandResult,
+    GuestDied,
+    GuestError,
+    GuestFileError,
+    GuestTimeout,
+    LoggedResult,
+)
 from harness.vm.consolelog import console_tail
 from harness.vm.guestroot import FUNCTIONS, GUEST_SHARE, guest_functions, guest_path
 from harness.vm.sharedir import SharedDir
@@ -38,49 +45,6 @@ SHARE_CHECK = "shared-dir-check"  # the guest writes "ok" here at boot
 # What the guest was doing when an error came: booting, running a command, or (the shared
 # dir) the host found a file there that the guest should not have made.
 Phase = Literal["boot", "command", "shared dir"]
-
-
-@dataclass(frozen=True)
-class LoggedResult:
-    result: CommandResult
-    lines: list[str]  # kernel messages logged while it ran
-    taint_before: int
-    taint_after: int
-
-
-class GuestError(BootError):
-    """A running guest was lost. `what` is the one-line cause, `tail` the console's last
-    lines at that moment (the evidence a step that was running gets)."""
-
-    def __init__(self, message: str, what: str = "", tail: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.what = what or message.split("\n", 1)[0]
-        self.tail = tail
-
-
-class GuestDied(GuestError):
-    """The guest ended by itself: a panic (`panic=-1`, `-no-reboot`), a triple fault, qemu died."""
-
-
-class GuestTimeout(GuestError):
-    """The guest did not answer in time (hang, or boot too slow); it has been stopped."""
-
-
-class GuestFileError(GuestError):
-    """A file the guest was to write is not a plain regular file of sane size (a symlink,
-    FIFO, device node, directory or huge file): the guest is hostile and is stopped."""
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    command: str
-    output: str  # stdout and stderr, interleaved as written
-    status: int  # the shell's $? (128+N when killed by signal N)
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0
 
 
 class Guest:
@@ -104,6 +68,9 @@ class Guest:
         # pexpect sleeps 50 ms before every send by default (for password prompts): a
         # fixed delay per command that our marker protocol does not need.
         child.delaybeforesend = None
+        # and 100 ms at close before it looks whether qemu is gone: it is (EOF seen), or
+        # close(force=True) stops it anyway.
+        child.delayafterclose = 0.0
         self.kernel_name = kernel_name
         self.accel = accel
         self.accel_reason = accel_reason
