@@ -30,7 +30,14 @@ from harness.klp.convert import ConvertReport, convert_module
 from harness.klp.elfread import ElfImage
 from harness.klp.symbols import SymbolTable
 from harness.suite.assertions import KallsymsIndex, parse_kallsyms
-from harness.suite.memcheck import MemoryRecord, MemoryVerdict, is_init, module_relocs, verify
+from harness.suite.memcheck import (
+    MemoryRecord,
+    MemoryVerdict,
+    is_init,
+    module_relocs,
+    record_of,
+    verify,
+)
 from harness.vm.boot import boot
 from harness.vm.commands import LoggedResult
 from harness.vm.dmesg import letters_mask, scan_splats, taint_letters
@@ -230,19 +237,8 @@ def _memory(
     found = module_relocs(ElfImage.load(row.ko))
     fields = [(r.section, r.offset, r.width) for r in found.relocs if not is_init(r.section)]
     read = reader.read(row.module, fields)
-    values = iter(read.fields)
-    record = MemoryRecord(
-        error=read.error,
-        relocs=found.relocs,
-        sites=found.sites,
-        bases=tuple(sorted(read.bases.items())),
-        fields=tuple(
-            "" if is_init(r.section) or read.error else next(values).hex() for r in found.relocs
-        ),
-        predicted=tuple((f"{c.obj}.{c.name},{c.sympos}", c.address) for c in row.report.converted),
-        table_text=table_text,
-        symbols=read.symbols,
-    )
+    predicted = tuple((f"{c.obj}.{c.name},{c.sympos}", c.address) for c in row.report.converted)
+    record = record_of(found, read.bases, read.fields, read.error, predicted, table_text)
     _save(row.module, record, kallsyms)
     return verify(record, kallsyms)
 

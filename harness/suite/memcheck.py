@@ -18,6 +18,7 @@ object) and for a module whose build recorded none (converted elsewhere).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,23 +122,26 @@ class MemoryRecord:
         """Raises TypeError/ValueError/KeyError on anything malformed (the transcript's caller
         turns those into one line)."""
         relocs = tuple(_reloc(item) for item in data["relocs"])
-        fields = tuple(bytes.fromhex(_str(f)).hex() for f in data["fields"])
+        fields = tuple(bytes.fromhex(json_str(f)).hex() for f in data["fields"])
         if fields and len(fields) != len(relocs):
             raise ValueError("memory: one field per relocation")
         text = data["table_text"]
         return cls(
-            error=_str(data["error"]),
+            error=json_str(data["error"]),
             relocs=relocs,
             sites=tuple(
-                PatchSite(_str(t), _str(s), _int(o), _int(n)) for t, s, o, n in data["sites"]
+                PatchSite(json_str(t), json_str(s), json_int(o), json_int(n))
+                for t, s, o, n in data["sites"]
             ),
-            bases=tuple((_str(n), _int(a)) for n, a in data["bases"]),
+            bases=tuple((json_str(n), json_int(a)) for n, a in data["bases"]),
             fields=fields,
             predicted=tuple(
-                (_str(n), None if a is None else _int(a)) for n, a in data["predicted"]
+                (json_str(n), None if a is None else json_int(a)) for n, a in data["predicted"]
             ),
-            table_text=None if text is None else _int(text),
-            symbols=tuple((_str(o), _str(n), _int(a)) for o, n, a in data.get("symbols", [])),
+            table_text=None if text is None else json_int(text),
+            symbols=tuple(
+                (json_str(o), json_str(n), json_int(a)) for o, n, a in data.get("symbols", [])
+            ),
         )
 
 
@@ -204,6 +208,31 @@ def module_relocs(img: ElfImage) -> ModuleRelocs:
                 where = img.sections[shndx].name
                 sites.append(PatchSite(name, where, values[sym] + addend, span))
     return ModuleRelocs(tuple(relocs), tuple(sites))
+
+
+def record_of(
+    found: ModuleRelocs,
+    bases: dict[str, int],
+    values: Sequence[bytes],
+    error: str,
+    predicted: tuple[tuple[str, int | None], ...],
+    table_text: int | None,
+    symbols: tuple[tuple[str, str, int], ...] = (),
+) -> MemoryRecord:
+    """The record of one loaded module: `values` are the bytes read for each relocation
+    outside freed init sections, in order (none when `error`)."""
+    read = iter(values)
+    fields = tuple("" if is_init(r.section) or error else next(read).hex() for r in found.relocs)
+    return MemoryRecord(
+        error=error,
+        relocs=found.relocs,
+        sites=found.sites,
+        bases=tuple(sorted(bases.items())),
+        fields=fields,
+        predicted=predicted,
+        table_text=table_text,
+        symbols=symbols,
+    )
 
 
 def is_init(section: str) -> bool:
@@ -357,18 +386,20 @@ def _reloc_tuple(r: KlpReloc) -> tuple[str, str, int, int, int, str, str, int]:
 def _reloc(item: Any) -> KlpReloc:
     rela, section, offset, rtype, addend, obj, name, sympos = item
     return KlpReloc(
-        _str(rela), _str(section), _int(offset), _int(rtype), _int(addend), _str(obj),
-        _str(name), _int(sympos),
+        json_str(rela), json_str(section), json_int(offset), json_int(rtype), json_int(addend),
+        json_str(obj), json_str(name), json_int(sympos),
     )  # fmt: skip
 
 
-def _str(value: object) -> str:
+def json_str(value: object) -> str:
+    """A string field of a JSON record (TypeError otherwise: the reader makes it one line)."""
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
 
 
-def _int(value: object) -> int:
+def json_int(value: object) -> int:
+    """An integer field of a JSON record (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value

@@ -24,7 +24,7 @@ from harness.kernels.kernel import Kernel
 from harness.klp.elfread import ElfImage
 from harness.suite.assertions import KallsymsIndex, parse_kallsyms
 from harness.suite.judge import judge, wants_kallsyms
-from harness.suite.memcheck import VMLINUX, MemoryRecord, is_init, module_relocs
+from harness.suite.memcheck import VMLINUX, MemoryRecord, is_init, module_relocs, record_of
 from harness.suite.results import ModuleResult
 from harness.suite.samples import Expectation, Sample
 from harness.suite.transcript import Command, Crash, Role, Transcript
@@ -177,18 +177,14 @@ class _Recorder:
         fields = [(r.section, r.offset, r.width) for r in found.relocs if not is_init(r.section)]
         objects = sorted({r.obj for r in found.relocs} - {VMLINUX})
         read = self.kcore.read(self.sample.module, fields, objects)
-        values = iter(read.fields)
-        self.memory = MemoryRecord(
-            error=read.error,
-            relocs=found.relocs,
-            sites=found.sites,
-            bases=tuple(sorted(read.bases.items())),
-            fields=tuple(
-                "" if is_init(r.section) or read.error else next(values).hex() for r in found.relocs
-            ),
-            predicted=self.built.predicted,
-            table_text=self.built.table_text,
-            symbols=read.symbols,
+        self.memory = record_of(
+            found,
+            read.bases,
+            read.fields,
+            read.error,
+            self.built.predicted,
+            self.built.table_text,
+            read.symbols,
         )
 
     def _run(self, role: Role, module: str, cmd: str) -> Command:

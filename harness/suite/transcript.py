@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from harness.errors import HarnessError
 from harness.fileio import atomic_write_text
-from harness.suite.memcheck import MemoryRecord
+from harness.suite.memcheck import MemoryRecord, json_int, json_str
 
 SCHEMA = "klp-harness/transcript/1"
 DIRECTORY = "transcripts"  # in a run's directory
@@ -94,18 +94,18 @@ class Transcript:
             crash = data.get("crash")
             memory = data.get("memory")
             return cls(
-                sample=_str(data["sample"]),
-                module=_str(data["module"]),
-                kernel=_str(data["kernel"]),
-                release=_str(data["release"]),
+                sample=json_str(data["sample"]),
+                module=json_str(data["module"]),
+                kernel=json_str(data["kernel"]),
+                release=json_str(data["release"]),
                 requires=_strs(data["requires"]),
                 commands=tuple(_command(c) for c in data["commands"]),
                 crash=None if crash is None else _crash(crash),
                 seconds=float(data["seconds"]),
-                console_log=_str(data["console_log"]),
+                console_log=json_str(data["console_log"]),
                 converted=_strs(data["converted"]),
-                toolchain=_str(data["toolchain"]),
-                build_log=_str(data["build_log"]),
+                toolchain=json_str(data["toolchain"]),
+                build_log=json_str(data["build_log"]),
                 memory=None if memory is None else MemoryRecord.from_json(memory),
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
@@ -131,22 +131,10 @@ def load_transcript(path: Path) -> Transcript:
     return Transcript.from_json(data, str(path))
 
 
-def _str(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
-
-
 def _strs(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise TypeError(f"expected a list, got {type(value).__name__}")
-    return tuple(_str(v) for v in value)
+    return tuple(json_str(v) for v in value)
 
 
 def _role(value: object) -> Role:
@@ -159,13 +147,13 @@ def _role(value: object) -> Role:
 def _command(data: dict[str, Any]) -> Command:
     return Command(
         role=_role(data["role"]),
-        module=_str(data["module"]),
-        cmd=_str(data["cmd"]),
-        status=_int(data["status"]),
-        output=_str(data["output"]),
+        module=json_str(data["module"]),
+        cmd=json_str(data["cmd"]),
+        status=json_int(data["status"]),
+        output=json_str(data["output"]),
         kernel=_strs(data["kernel"]),
-        taint_before=_int(data["taint_before"]),
-        taint_after=_int(data["taint_after"]),
+        taint_before=json_int(data["taint_before"]),
+        taint_after=json_int(data["taint_after"]),
         seconds=float(data["seconds"]),
     )
 
@@ -173,7 +161,7 @@ def _command(data: dict[str, Any]) -> Command:
 def _crash(data: dict[str, Any]) -> Crash:
     return Crash(
         role=_role(data["role"]),
-        cmd=_str(data["cmd"]),
-        what=_str(data["what"]),
+        cmd=json_str(data["cmd"]),
+        what=json_str(data["what"]),
         tail=_strs(data["tail"]),
     )
