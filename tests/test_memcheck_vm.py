@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.build.modules import build_with_requirements, builds_dir
+from harness.build.modules import BuiltModule, build_with_requirements, builds_dir
 from harness.fileio import atomic_write_bytes
 from harness.kernels.kernel import Kernel
-from harness.suite.results import FAIL, PASS
-from harness.suite.samples import find_sample
+from harness.suite.results import FAIL, PASS, ModuleResult
+from harness.suite.samples import Expectation, Sample, find_sample
 from harness.suite.steps import GuestSteps
-from harness.suite.transcript import transcript_file
+from harness.suite.transcript import Transcript, transcript_file
 from harness.vm.guest import Guest
 
 pytestmark = pytest.mark.vm
@@ -28,6 +28,22 @@ TAMPERED = b".klp.sym.vmlinux.init_once,3\0"
 VERIFIED = (
     "2 of 2 klp relocations verified in memory (0 in freed init sections, 0 patched by the kernel)"
 )
+
+
+def load_tampered(
+    steps: GuestSteps, sample: Sample, expectation: Expectation, built: BuiltModule, dir_name: str
+) -> tuple[ModuleResult, Transcript]:
+    """`built` with its klp symbol's position edited `,2` -> `,3` in .strtab (same length),
+    loaded; the insmod must succeed (the kernel resolves the 3rd init_once)."""
+    data = built.ko.read_bytes()
+    assert data.count(ORIGINAL) == 1
+    tampered = builds_dir(steps.kernel) / dir_name / built.ko.name
+    tampered.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(tampered, data.replace(ORIGINAL, TAMPERED))
+    result, transcript = steps.run(sample, expectation, replace(built, ko=tampered))
+    insmod = next(c for c in transcript.commands if c.role == "insmod")
+    assert insmod.status == 0  # the kernel took it
+    return result, transcript
 
 
 def test_tampered_sympos_loads_but_fails_in_memory(
@@ -45,15 +61,8 @@ def test_tampered_sympos_loads_but_fails_in_memory(
     assert result.outcome == PASS, result.reason
     assert result.memory == VERIFIED
 
-    data = built.ko.read_bytes()
-    assert data.count(ORIGINAL) == 1
-    tampered = builds_dir(klp_kernel) / "memcheck-tampered" / built.ko.name
-    tampered.parent.mkdir(exist_ok=True)
-    atomic_write_bytes(tampered, data.replace(ORIGINAL, TAMPERED))
-    result, transcript = steps.run(sample, expectation, replace(built, ko=tampered))
+    result, transcript = load_tampered(steps, sample, expectation, built, "memcheck-tampered")
     transcript.save(transcript_file(klp_results_dir, klp_kernel.name, "memcheck_tampered"))
-    insmod = next(c for c in transcript.commands if c.role == "insmod")
-    assert insmod.status == 0  # the kernel took it
     assert result.outcome == FAIL
     assert "klp relocation mismatch in memory" in result.reason
     assert ".klp.rela.vmlinux..data+0x0 (vmlinux.init_once,3)" in result.reason
@@ -77,15 +86,10 @@ def test_tampered_sample_sympos_2_fails_in_memory(
     assert result.outcome == PASS, result.reason
     assert result.memory.startswith("1 of 2 klp relocations verified in memory (1 in freed init")
 
-    data = built.ko.read_bytes()
-    assert data.count(ORIGINAL) == 1
-    tampered = builds_dir(klp_kernel) / "memcheck-tampered-sympos_2" / built.ko.name
-    tampered.parent.mkdir(exist_ok=True)
-    atomic_write_bytes(tampered, data.replace(ORIGINAL, TAMPERED))
-    result, transcript = steps.run(sample, expectation, replace(built, ko=tampered))
+    result, transcript = load_tampered(
+        steps, sample, expectation, built, "memcheck-tampered-sympos_2"
+    )
     transcript.save(transcript_file(klp_results_dir, klp_kernel.name, "sympos_2_tampered"))
-    insmod = next(c for c in transcript.commands if c.role == "insmod")
-    assert insmod.status == 0  # the kernel took it
     assert result.outcome == FAIL
     mismatch = re.search(
         r"klp relocation mismatch in memory: \.klp\.rela\.vmlinux\.\.data\+0x0 "

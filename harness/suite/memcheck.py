@@ -25,6 +25,7 @@ from typing import Any
 from harness.klp.abi import LOADER_RELOCS, is_klp_rela, parse_klp_symbol
 from harness.klp.elfread import SHT_RELA, ElfImage, cstring, reloc_name
 from harness.suite.assertions import KallsymsIndex
+from harness.suite.jsonfields import json_int, json_str
 
 VMLINUX = "vmlinux"
 NO_KCORE = "cannot verify in memory: no /proc/kcore"
@@ -389,17 +390,3 @@ def _reloc(item: Any) -> KlpReloc:
         json_str(rela), json_str(section), json_int(offset), json_int(rtype), json_int(addend),
         json_str(obj), json_str(name), json_int(sympos),
     )  # fmt: skip
-
-
-def json_str(value: object) -> str:
-    """A string field of a JSON record (TypeError otherwise: the reader makes it one line)."""
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def json_int(value: object) -> int:
-    """An integer field of a JSON record (not a bool)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value

@@ -16,7 +16,8 @@ from typing import Any, Literal, get_args
 
 from harness.errors import HarnessError
 from harness.fileio import atomic_write_text
-from harness.suite.memcheck import MemoryRecord, json_int, json_str
+from harness.suite.jsonfields import json_int, json_str
+from harness.suite.memcheck import MemoryRecord
 
 SCHEMA = "klp-harness/transcript/1"
 DIRECTORY = "transcripts"  # in a run's directory
