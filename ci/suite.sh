@@ -10,7 +10,8 @@ spec=${1:?usage: ci/suite.sh SPEC RESULTS_DIR}
 results=${2:?usage: ci/suite.sh SPEC RESULTS_DIR}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-"$repo/.venv/bin/klp-harness" run --kernel "$spec" --results "$results"
+# --allow-no-livepatch: on kernels without livepatch the suite proves the guard's refusal.
+"$repo/.venv/bin/klp-harness" run --kernel "$spec" --results "$results" --allow-no-livepatch
 status=$?
 if [ "$status" -gt 1 ]; then
     echo "ci/suite.sh: klp-harness run exited $status" >&2

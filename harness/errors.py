@@ -67,6 +67,18 @@ class SymbolFileError(HarnessError):
     exit_code = 12
 
 
+class LivepatchGuardError(HarnessError):
+    """The livepatch guard cannot be added (a module license the kernel deems proprietary)."""
+
+    exit_code = 13
+
+
+class NoLivepatchError(HarnessError):
+    """The target kernel lacks CONFIG_LIVEPATCH: it would skip every klp relocation."""
+
+    exit_code = 14
+
+
 class KernelError(HarnessError):
     """Kernel spec, package resolution, download or extraction failed."""
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from harness.build.modules import BuiltModule, build_with_requirements, builds_dir
+from harness.console import Printer
 from harness.errors import HarnessError
 from harness.kernels.kernel import Kernel
-from harness.suite.results import NA, ModuleResult
+from harness.suite.results import ModuleResult
 from harness.suite.samples import find_sample
 from harness.vm.guest import Guest
 
@@ -50,6 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="FILE",
         help="kernels/*.toml file for the `matrix` tests (default: kernels/debian.toml)",
+    )
+    group.addoption(
+        "--klp-allow-no-livepatch",
+        action="store_true",
+        help="on kernels without CONFIG_LIVEPATCH, build and expect the livepatch guard's "
+        "refusal (default: such kernels are not applicable)",
     )
     group.addoption(
         "--klp-results",
@@ -124,9 +131,16 @@ def klp_guest(klp_kernel: Kernel, klp_results_dir: Path) -> Iterator[Guest]:
 
 
 @pytest.fixture(scope="session")
-def klp_module(klp_kernel: Kernel) -> Callable[[str], BuiltModule]:
+def klp_allow_no_livepatch(pytestconfig: pytest.Config) -> bool:
+    return bool(pytestconfig.getoption("klp_allow_no_livepatch"))
+
+
+@pytest.fixture(scope="session")
+def klp_module(klp_kernel: Kernel, klp_allow_no_livepatch: bool) -> Callable[[str], BuiltModule]:
     def build(name_or_path: str) -> BuiltModule:
-        return build_with_requirements(klp_kernel, find_sample(name_or_path))[0]
+        sample = find_sample(name_or_path)
+        allow = klp_allow_no_livepatch
+        return build_with_requirements(klp_kernel, sample, allow_no_livepatch=allow)[0]
 
     return build
 
@@ -135,23 +149,28 @@ def klp_module(klp_kernel: Kernel) -> Callable[[str], BuiltModule]:
 def klp_step(
     klp_guest: Guest,
     klp_kernel: Kernel,
-    klp_module: Callable[[str], BuiltModule],
+    klp_allow_no_livepatch: bool,
     klp_results_dir: Path,
 ) -> Callable[[str], ModuleResult]:
-    """Runs a sample's step; its transcript goes to `<results>/transcripts/<kernel>/`."""
+    """Runs a sample's step; its transcript goes to `<results>/transcripts/<kernel>/`.
+    Applicability and build failures are decided as `klp-harness run` decides them."""
+    from harness.suite.runner import prepare
     from harness.suite.steps import GuestSteps
     from harness.suite.transcript import transcript_file
 
     def step(name_or_path: str) -> ModuleResult:
         sample = find_sample(name_or_path)
-        expectation = sample.expectation(klp_kernel)
-        if expectation.outcome == "not-applicable":
-            return ModuleResult(
-                sample.name, sample.module, NA, expectation.outcome, expectation.reason
-            )
-        built, required = build_with_requirements(klp_kernel, sample)
+        ready = prepare(
+            klp_kernel,
+            sample,
+            printer=Printer(quiet=True),
+            allow_no_livepatch=klp_allow_no_livepatch,
+        )
+        if ready.result is not None or ready.built is None:
+            assert ready.result is not None
+            return ready.result
         steps = GuestSteps(klp_guest, klp_kernel)
-        result, transcript = steps.run(sample, expectation, built, required)
+        result, transcript = steps.run(sample, ready.expectation, ready.built, ready.required)
         transcript.save(transcript_file(klp_results_dir, klp_kernel.name, sample.name))
         return result
 

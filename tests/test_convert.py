@@ -144,7 +144,11 @@ def test_sections_symbols_and_content(built: Path, table: SymbolTable) -> None:
                 target = eb.get_section(sec["sh_info"]).name
                 assert name == f".klp.rela.vmlinux.{target}"
         syma, symb = symbol_table(ea), symbol_table(eb)
-        assert syma.num_symbols() == symb.num_symbols()
+        # one symbol more: the livepatch guard's undefined klp_enable_patch, appended
+        assert symb.num_symbols() == syma.num_symbols() + 1
+        guard = symb.get_symbol(symb.num_symbols() - 1)
+        assert guard.name == "klp_enable_patch" and guard["st_shndx"] == "SHN_UNDEF"
+        assert guard["st_info"]["bind"] == "STB_GLOBAL"
         assert syma["sh_info"] == symb["sh_info"]
         for i in range(syma.num_symbols()):
             x, y = syma.get_symbol(i), symb.get_symbol(i)

@@ -92,6 +92,28 @@ def test_expected_refusals() -> None:
     assert "symbol 'klp_harness_no_such_function' not found" in missing.reason
 
 
+def test_the_livepatch_guard_refuses_every_converted_module() -> None:
+    """source:6.1:no-livepatch (tests/data/transcripts/guard): every converted module, the
+    user's module without address checks of its own included, is refused at insmod by the
+    loader's own line naming the guard symbol; the livepatch sample by its marking."""
+    for name, transcript in transcripts("guard").items():
+        result = verdict("guard", transcript)
+        if name == "livepatch_target":  # no klp relocations: nothing to guard
+            assert result.outcome == PASS
+            continue
+        assert result.outcome == XFAIL, name
+        insmod = next(c for c in transcript.commands if c.role == "insmod")
+        assert insmod.status != 0
+        if name == "livepatch":
+            assert "livepatch support is disabled" in result.reason
+        else:
+            line = f"{transcript.commands[0].module}: Unknown symbol klp_enable_patch (err -2)"
+            assert line in insmod.kernel and line in result.reason
+    # the same transcript, as if the module had loaded (and stayed): not a refusal any more
+    loaded = edit(step("usermod", "guard"), "insmod", lambda c: replace(c, status=0, kernel=()))
+    assert verdict("guard", loaded).outcome == FAIL
+
+
 def test_a_wrong_address_fails_and_shows_what_is_there() -> None:
     index = kallsyms("samples")
     clone = index.vmlinux["kernel_clone"][0].address

@@ -23,7 +23,9 @@ from harness.klp.symbols import SymbolTable
 
 # A second, local kernel_clone after the global one: the export is position 1 of 2.
 TABLE = KALLSYMS_EXCERPT.read_text() + "ffffffff81f00000 t kernel_clone\n"
-OTHER_MODULES = frozenset({"_printk", "init_task"})  # left alone: resolved as exports
+# Left alone: resolved as exports (klp_enable_patch: the livepatch guard's, exported by
+# every CONFIG_LIVEPATCH kernel, the only kind that resolves klp relocations).
+OTHER_MODULES = frozenset({"_printk", "init_task", "klp_enable_patch"})
 
 needs_gcc = pytest.mark.skipif(not have_gcc(), reason="needs gcc and ld")
 

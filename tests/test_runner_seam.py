@@ -91,7 +91,9 @@ class Replay:
         captured = kernel(self.boot_name)
         return replace(captured, spec=spec, name=self.kernels.get(spec, captured.name))
 
-    def build(self, on: Kernel, wanted: Sample) -> tuple[BuiltModule, tuple[BuiltModule, ...]]:
+    def build(
+        self, on: Kernel, wanted: Sample, *, allow_no_livepatch: bool = False
+    ) -> tuple[BuiltModule, tuple[BuiltModule, ...]]:
         if wanted.name in self.broken:
             raise BuildError(f"{wanted.name}: make failed (replayed)\nmore lines")
         deps = tuple(self._built(sample(name)) for name in wanted.requires)
@@ -129,11 +131,18 @@ def run_replay(
     names: Sequence[str],
     out: Path,
     specs: Sequence[str] = ("debian:bookworm",),
-    **options: int,
+    max_boots: int = 4,
+    jobs: int = 1,
 ) -> RunResults:
     printer = Printer(io.StringIO())
     return run(
-        specs, [sample(n) for n in names], out, printer=printer, backend=replay.backend(), **options
+        specs,
+        [sample(n) for n in names],
+        out,
+        printer=printer,
+        backend=replay.backend(),
+        max_boots=max_boots,
+        jobs=jobs,
     )
 
 

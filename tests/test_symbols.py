@@ -95,7 +95,7 @@ def test_symvers(tmp_path: Path) -> None:
         "0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
         "0x2\tfoo\tdrivers/x\tEXPORT_SYMBOL_GPL\tNS\n0x3\told\tvmlinux\tEXPORT_SYMBOL\n"
     )
-    assert load_symvers(path) == {"printk", "foo", "old"}
+    assert load_symvers(path) == {"printk": 1, "foo": 2, "old": 3}
     for bad in (
         "printk vmlinux EXPORT_SYMBOL\n",
         "0xZZ\tp\tvmlinux\tEXPORT_SYMBOL\n",

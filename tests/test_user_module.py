@@ -110,7 +110,9 @@ def test_usermod_gets_the_default_expectation(tmp_path: Path) -> None:
     on_61 = sample.expectation(fake_kernel(tmp_path, "6.1.0", "CONFIG_LIVEPATCH=y\n"))
     assert (on_61.outcome, on_61.taint, on_61.checks, on_61.dmesg) == ("pass", "", (), ())
     no_lp = sample.expectation(fake_kernel(tmp_path, "6.1.0", "CONFIG_LIVEPATCH=n\n"))
-    assert no_lp.outcome == "not-applicable" and "CONFIG_LIVEPATCH" in no_lp.reason
+    # without livepatch: the guard's refusal, named by the loader's own line
+    assert no_lp.outcome == "refused" and "CONFIG_LIVEPATCH" in no_lp.reason
+    assert no_lp.dmesg == (r"mymod: Unknown symbol klp_enable_patch \(err -2\)",)
     old = sample.expectation(fake_kernel(tmp_path, "5.4.0", "CONFIG_LIVEPATCH=y\n"))
     assert old.outcome == "not-applicable" and "5.8" in old.reason
     assert find_sample(str(USERMOD)) == sample

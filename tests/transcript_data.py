@@ -13,17 +13,22 @@ from harness.suite.transcript import Transcript, load_transcript
 
 DATA = Path(__file__).parent / "data" / "transcripts"
 HOSTILE = Path(__file__).parent / "hostile"
-BOOTS = ("samples", "hostile")
+USERMOD = Path(__file__).parent / "usermod"
+BOOTS = ("samples", "hostile", "guard")
 KERNEL_NAME = "debian-6.1.0-57-amd64"
 
 
 def kernel(boot: str) -> Kernel:
     """The captured kernel, as far as expectations and run results read it."""
     where = DATA / boot
+    if boot == "guard":  # the source-built 6.1 without CONFIG_LIVEPATCH
+        spec, name, release = "source:6.1:no-livepatch", "source-6.1-no-livepatch", "6.1.192"
+    else:
+        spec, name, release = "debian:bookworm", KERNEL_NAME, "6.1.0-57-amd64"
     return Kernel(
-        spec="debian:bookworm",
-        name=KERNEL_NAME,
-        release="6.1.0-57-amd64",
+        spec=spec,
+        name=name,
+        release=release,
         package_version="6.1.192-3",
         vmlinuz=where / "no-vmlinuz",
         modules_dir=where,
@@ -52,6 +57,8 @@ def results(boot: str) -> dict[str, ModuleResult]:
 
 def sample(name: str) -> Sample:
     hostile = HOSTILE / name
+    if name == USERMOD.name:
+        return find_sample(str(USERMOD))
     return find_sample(str(hostile) if hostile.is_dir() else name)
 
 

@@ -17,8 +17,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from harness import __version__
+from harness.build.guard import require_livepatch
 from harness.build.sign import sign_module
 from harness.build.toolchain import select
 from harness.cache import cache_dir, cache_root, locked, staged_dir
@@ -166,8 +168,8 @@ def _fingerprint(
 
 
 @functools.lru_cache(maxsize=8)
-def _symbol_data(kallsyms: Path, symvers: Path) -> tuple[SymbolTable, frozenset[str]]:
-    return SymbolTable.load(kallsyms), frozenset(load_symvers(symvers))
+def _symbol_data(kallsyms: Path, symvers: Path) -> tuple[SymbolTable, Mapping[str, int]]:
+    return SymbolTable.load(kallsyms), MappingProxyType(load_symvers(symvers))
 
 
 def _sympos(symtab: SymbolTable, wanted: Mapping[str, int | str]) -> dict[str, int]:
@@ -198,7 +200,8 @@ def _convert(
         raw,
         out,
         symtab=symtab,
-        exports=set(exports),
+        exports=exports,
+        versions=exports,
         symbols=wanted or None,
         sympos=_sympos(symtab, sample.convert.sympos),
         object_symbols={obj: deps[name].ko for obj, name in sample.convert.object_symbols.items()},
@@ -258,12 +261,17 @@ def _read_stamp(directory: Path) -> dict[str, str] | None:
 
 
 def build_with_requirements(
-    kernel: Kernel, sample: Sample
+    kernel: Kernel, sample: Sample, *, allow_no_livepatch: bool = False
 ) -> tuple[BuiltModule, tuple[BuiltModule, ...]]:
-    """`sample` and, first, the samples it requires (to load before it, or to read symbols of)."""
+    """`sample` and, first, the samples it requires (to load before it, or to read symbols of).
+    A kernel without CONFIG_LIVEPATCH only with `allow_no_livepatch` (harness.build.guard)."""
+    allow = allow_no_livepatch
     needed = list(dict.fromkeys([*sample.requires, *sample.convert.object_symbols.values()]))
-    deps = {name: build_module(kernel, required_sample(sample, name)) for name in needed}
-    built = build_module(kernel, sample, deps)
+    deps = {
+        name: build_module(kernel, required_sample(sample, name), allow_no_livepatch=allow)
+        for name in needed
+    }
+    built = build_module(kernel, sample, deps, allow_no_livepatch=allow)
     return built, tuple(deps[name] for name in sample.requires)
 
 
@@ -273,12 +281,18 @@ def builds_dir(kernel: Kernel) -> Path:
 
 
 def build_module(
-    kernel: Kernel, sample: Sample, deps: Mapping[str, BuiltModule] | None = None
+    kernel: Kernel,
+    sample: Sample,
+    deps: Mapping[str, BuiltModule] | None = None,
+    *,
+    allow_no_livepatch: bool = False,
 ) -> BuiltModule:
     """Build and convert `sample` for `kernel`, or return the cached result when nothing changed.
 
-    `deps` holds the built samples that `sample`'s object_symbols name.
+    `deps` holds the built samples that `sample`'s object_symbols name. A kernel without
+    CONFIG_LIVEPATCH only with `allow_no_livepatch` (harness.build.guard).
     """
+    require_livepatch(kernel, allow_no_livepatch)
     deps = deps or {}
     start = time.monotonic()
     toolchain = select(kernel).description

@@ -26,9 +26,9 @@ from harness.suite.results import PASS, KernelResult, ModuleResult
 from harness.suite.samples import (
     EXPECT_FILE,
     KLP_FOR_MODULES,
-    NO_LIVEPATCH,
     Sample,
     default_samples,
+    no_livepatch_expectation,
     sample_from_text,
 )
 from harness.suite.transcript import Transcript, load_transcript, transcript_file
@@ -189,6 +189,7 @@ def render(sample: Sample, source: Path, seen: Sequence[Seen]) -> str:
     if not livepatch:
         since = ".".join(map(str, KLP_FOR_MODULES))
         out.append(f'min_kernel = "{since}"  # the loader applies klp relocations since {since}')
+    refusal = no_livepatch_expectation(sample.module, livepatch)
     out += [
         "",
         "[convert]",
@@ -198,9 +199,11 @@ def render(sample: Sample, source: Path, seen: Sequence[Seen]) -> str:
         "symbols = []",
         "",
         "[[expect]]",
+        "# Without CONFIG_LIVEPATCH the load is refused (klp relocations would stay 0).",
         'when = { config = { LIVEPATCH = "n" } }',
-        'outcome = "not-applicable"',
-        f"reason = {toml_string(NO_LIVEPATCH)}",
+        'outcome = "refused"',
+        f"reason = {toml_string(refusal.reason)}",
+        f"dmesg = [{toml_string(refusal.dmesg[0])}]",
         "",
         "[[expect]]",
         'outcome = "pass"',

@@ -60,6 +60,12 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="where results JSON, console logs and step transcripts go (default: ./results)",
     )
+    parser.add_argument(
+        "--allow-no-livepatch",
+        action="store_true",
+        help="on kernels without CONFIG_LIVEPATCH, build anyway and expect the livepatch "
+        "guard to refuse each load (without it: not applicable there)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.set_defaults(func=run)
 
@@ -86,7 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs takes a number >= 1")
     jobs = min(len(specs), args.jobs or default_jobs())
-    results = run_all(specs, samples, args.results, printer=Printer(quiet=args.quiet), jobs=jobs)
+    results = run_all(
+        specs,
+        samples,
+        args.results,
+        printer=Printer(quiet=args.quiet),
+        jobs=jobs,
+        allow_no_livepatch=args.allow_no_livepatch,
+    )
     print(format_table(results))
     print(f"\nresults: {results.path}")
     return 0 if results.ok else 1

@@ -10,7 +10,7 @@ renumbered everywhere they are referenced.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, count
 from pathlib import Path
@@ -33,6 +33,7 @@ from harness.klp.elfread import (
     cstring,
 )
 from harness.klp.files import atomic_write_chunks, printable
+from harness.klp.guard import GUARD_SYMBOL, plan_guard
 from harness.klp.rewrite import Rewrite
 from harness.klp.symbols import VMLINUX, SymbolTable, module_name, module_symbols
 from harness.klp.tables import Symbols
@@ -68,6 +69,7 @@ class ConvertReport:
     already_converted: bool
     warnings: tuple[str, ...]
     livepatch: bool
+    guard: str | None = None  # the symbol added by the livepatch guard (harness.klp.guard)
 
     @property
     def relocations(self) -> int:
@@ -198,13 +200,18 @@ def convert_module(
     dst: Path,
     *,
     symtab: SymbolTable,
-    exports: set[str] | None,
+    exports: Collection[str] | None,
     symbols: Sequence[str] | None = None,
     sympos: Mapping[str, int] | None = None,
     object_symbols: Mapping[str, Path] | None = None,
     force: bool = False,
+    guard: bool = True,
+    versions: Mapping[str, int] | None = None,
 ) -> ConvertReport:
-    """Convert `src` into `dst` (may be the same path). See the module docstring."""
+    """Convert `src` into `dst` (may be the same path). See the module docstring.
+
+    With `guard`, a converted module also gets the livepatch guard (harness.klp.guard);
+    `versions` are the target's Module.symvers CRCs for its __versions entry."""
     if exports is None and not symbols:
         raise UsageError(
             "say which symbols to convert: give a Module.symvers (exports) or symbol names"
@@ -226,8 +233,8 @@ def convert_module(
     left_alone: list[str] = []
     todo: dict[str, int] = {}
     for name, idx in undefined.items():
-        if wanted and name not in wanted:
-            continue
+        if wanted and name not in wanted or not wanted and name == GUARD_SYMBOL:
+            continue  # a klp relocation to the guard symbol would defeat the guard
         if not wanted and (syms.info[idx] >> 4) == STB_WEAK and idx not in annotations:
             continue  # modpost does not complain about weak undefined symbols either
         if exports is not None and name in exports:
@@ -255,10 +262,15 @@ def convert_module(
         )
     planner = _Planner(img, symtab, sympos, annotations, force, wanted)
     choices = [planner.choose(idx, name) for name, idx in sorted(todo.items())]
+    plan = plan_guard(img, syms, strtab, versions) if guard and choices else None
     rewrite = Rewrite(img, syms, dropped)
     counts = rewrite.convert(
         {c.index: (c.obj, klp_symbol_name(c.obj, c.name, c.sympos)) for c in choices}
     )
+    if plan is not None:
+        rewrite.add_undefined(plan.symbol)
+        for index, data in plan.appends:
+            rewrite.append(index, data)
     rewrite.write(dst, mode=src.stat().st_mode & 0o777)
     converted = tuple(
         ConvertedSymbol(c.obj, c.name, c.sympos, counts.get(c.index, 0), c.address) for c in choices
@@ -271,6 +283,7 @@ def convert_module(
         False,
         tuple(warnings + planner.warnings),
         planner.livepatch,
+        plan.symbol if plan else None,
     )
 
 

@@ -9,6 +9,7 @@ views of the input, never decoded.
 from __future__ import annotations
 
 import re
+import struct
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -28,9 +29,11 @@ from harness.klp.elfread import (
     SHF_INFO_LINK,
     SHN_LIVEPATCH,
     SHN_LORESERVE,
+    SHN_UNDEF,
     SHT_GROUP,
     SHT_REL,
     SHT_RELA,
+    STB_GLOBAL,
     ElfImage,
     cstring,
 )
@@ -75,6 +78,19 @@ class Rewrite:
         self.tables: dict[int, bytearray] = {}
         self.relas: dict[int, Chunk] = {}  # section index -> replacement entries
         self.new: list[tuple[str, int, Chunk]] = []  # (name, target section, entries)
+        self.added: list[bytes] = []  # undefined global symbols appended to .symtab
+
+    def add_undefined(self, name: str) -> None:
+        """Append an undefined global symbol `name` (a reference with no relocation: the
+        loader resolves every undefined symbol of a module's symtab)."""
+        strtab = self._table(self.img.strtab_index)
+        offset = len(strtab)
+        strtab += name.encode("latin-1") + b"\0"
+        self.added.append(struct.pack("<IBBHQQ", offset, STB_GLOBAL << 4, 0, SHN_UNDEF, 0, 0))
+
+    def append(self, index: int, data: bytes) -> None:
+        """Append `data` to section `index` (a __versions entry)."""
+        self._table(index).extend(data)
 
     def _table(self, index: int) -> bytearray:
         if index not in self.tables:
@@ -162,6 +178,8 @@ class Rewrite:
         sym_map: list[int] | None = None
         if self.dropped:
             symtab, sym_map, first_global = self._drop_symbols(sec_map, first_global)
+        if self.added:
+            symtab = b"".join([symtab, *self.added])
         shstr = self._table(img.shstrndx)
         out: list[OutSection] = []
         for i in keep:

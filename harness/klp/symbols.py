@@ -203,13 +203,14 @@ def module_name(name: str) -> str:
     return stem.replace("-", "_")
 
 
-def load_symvers(path: Path) -> set[str]:
-    """The exported names of a Module.symvers: `crc<TAB>name<TAB>module<TAB>export[<TAB>ns]`.
+def load_symvers(path: Path) -> dict[str, int]:
+    """The exported names of a Module.symvers (`crc<TAB>name<TAB>module<TAB>export[<TAB>ns]`)
+    with their CRCs (0 without CONFIG_MODVERSIONS), the ones a module's __versions carries.
     An empty one is refused: a kernel's never is, and with no exports every undefined
     symbol of a module (printk too) would be converted."""
     text = _read_text(path, "Module.symvers")
     label = printable(path)
-    names: set[str] = set()
+    names: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -221,12 +222,14 @@ def load_symvers(path: Path) -> set[str]:
                 f"(crc, symbol, module, export type, tab-separated): {line[:80]!r}"
             )
         try:
-            int(crc, 16)
+            value = int(crc, 16)
         except ValueError:
-            raise SymbolFileError(f"{label}:{lineno}: bad CRC {crc[:20]!r}") from None
+            value = -1
+        if not 0 <= value <= 0xFFFFFFFF:  # modpost's CRCs are 32-bit
+            raise SymbolFileError(f"{label}:{lineno}: bad CRC {crc[:20]!r}")
         if not fields[3].startswith("EXPORT_SYMBOL"):
             raise SymbolFileError(f"{label}:{lineno}: unknown export type {fields[3][:40]!r}")
-        names.add(fields[1])
+        names[fields[1]] = value
     if not names:
         raise SymbolFileError(
             f"{label}: no exported symbols in this Module.symvers; give the target kernel's "

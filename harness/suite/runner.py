@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from harness.build.guard import ALLOW_OPTION
 from harness.build.modules import BuiltModule, build_with_requirements, builds_dir
 from harness.build.toolchain import select
 from harness.console import Printer
@@ -37,6 +38,11 @@ from harness.suite.samples import Expectation, Sample
 from harness.suite.steps import GuestSteps, StepGuest
 from harness.suite.transcript import transcript_file
 
+# Without the option a kernel without livepatch runs nothing: see harness.build.guard.
+NO_LIVEPATCH = (
+    "CONFIG_LIVEPATCH is not set: the kernel would leave klp relocations at 0 "
+    f"(give {ALLOW_OPTION} to check that the livepatch guard refuses the load)"
+)
 MAX_BOOTS = 4  # per kernel: the first boot and three more after guests that died in a step
 REPORTED_OPTIONS = (
     "LIVEPATCH",
@@ -59,7 +65,16 @@ class BootedGuest(StepGuest, Protocol):
 
 # Boot a kernel, writing its console to the given log (`cpus` vCPUs, None: the default).
 Booter = Callable[[Kernel, Path, int | None], AbstractContextManager[BootedGuest]]
-Builder = Callable[[Kernel, Sample], tuple[BuiltModule, tuple[BuiltModule, ...]]]
+
+
+class Builder(Protocol):
+    """Builds a sample and the samples it requires (harness.build.modules)."""
+
+    def __call__(
+        self, kernel: Kernel, sample: Sample, /, *, allow_no_livepatch: bool = False
+    ) -> tuple[BuiltModule, tuple[BuiltModule, ...]]: ...
+
+
 Acquirer = Callable[[str, Printer], Kernel]
 
 
@@ -118,17 +133,22 @@ def prepare(
     *,
     printer: Printer | None = None,
     build: Builder = build_with_requirements,
+    allow_no_livepatch: bool = False,
 ) -> Prepared:
-    """Decide applicability, then build and convert; a build failure is that module's failure."""
+    """Decide applicability, then build and convert; a build failure is that module's failure.
+    On a kernel without CONFIG_LIVEPATCH nothing is built unless `allow_no_livepatch`
+    (then the expectation is the guard's refusal)."""
     printer = printer or Printer()
     expectation = sample.expectation(kernel)
+    if kernel.config_value("LIVEPATCH") != "y" and not allow_no_livepatch:
+        expectation = Expectation("not-applicable", NO_LIVEPATCH)
     if expectation.outcome == "not-applicable":
         result = ModuleResult(
             sample.name, sample.module, NA, expectation.outcome, expectation.reason
         )
         return Prepared(sample, expectation, None, result)
     try:
-        built, required = build(kernel, sample)
+        built, required = build(kernel, sample, allow_no_livepatch=allow_no_livepatch)
     except HarnessError as err:
         result = ModuleResult(
             sample.name,
@@ -190,6 +210,7 @@ def run_kernel(
     claims: Claims | None = None,
     max_boots: int = MAX_BOOTS,
     backend: Backend | None = None,
+    allow_no_livepatch: bool = False,
 ) -> KernelResult:
     """One kernel's results; `DuplicateKernel` when another spec of the run has this kernel."""
     printer = printer or Printer()
@@ -208,7 +229,11 @@ def run_kernel(
         )
     describe_kernel(kernel, result, printer)
     printer.say(f"{kernel.name} ({kernel.package_version}); building {len(samples)} module(s)")
-    prepared = [prepare(kernel, s, printer=printer, build=backend.build) for s in samples]
+    allow = allow_no_livepatch
+    prepared = [
+        prepare(kernel, s, printer=printer, build=backend.build, allow_no_livepatch=allow)
+        for s in samples
+    ]
     results = {p.sample.name: p.result for p in prepared if p.result is not None}
     pending = [p for p in prepared if p.result is None]
     if pending:
@@ -291,6 +316,7 @@ def run(
     jobs: int = 1,
     max_boots: int = MAX_BOOTS,
     backend: Backend | None = None,
+    allow_no_livepatch: bool = False,
 ) -> RunResults:
     """Every kernel x every sample; `jobs` kernels at once. The results file is rewritten
     as each kernel finishes, with the kernels in the order given."""
@@ -318,6 +344,7 @@ def run(
                 claims=claims,
                 max_boots=max_boots,
                 backend=backend,
+                allow_no_livepatch=allow_no_livepatch,
             )
         except HarnessError as err:  # e.g. a malformed expectation: that kernel's failure
             kernel_result = KernelResult(spec=spec, error=str(err))

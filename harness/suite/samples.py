@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 from harness.errors import ExpectationError
 from harness.kernels.kernel import Kernel
+from harness.klp.guard import GUARD_SYMBOL
 from harness.paths import MODULES_DIR
 from harness.suite.kbuild import declares_livepatch, kbuild_modules
 
@@ -311,8 +312,22 @@ def find_sample(name_or_path: str) -> Sample:
 
 
 # Without CONFIG_LIVEPATCH the loader leaves every klp relocation at 0: calling through one
-# would oops, so a module that does not check its addresses is not run there.
-NO_LIVEPATCH = "klp relocations need CONFIG_LIVEPATCH (without it they stay 0)"
+# would oops. The converter's livepatch guard (harness.klp.guard) stops the load first; a
+# livepatch module is refused by the loader itself.
+GUARD_REASON = "the livepatch guard: klp_enable_patch is exported only with CONFIG_LIVEPATCH"
+LIVEPATCH_DISABLED = "module is marked as livepatch module, but livepatch support is disabled"
+
+
+def no_livepatch_expectation(module: str, livepatch: bool) -> Expectation:
+    """What a module must show on a kernel without CONFIG_LIVEPATCH: refused at insmod,
+    with the loader's line naming the guard symbol (or the livepatch marking)."""
+    name = re.escape(module.replace("-", "_"))
+    if livepatch:
+        return Expectation("refused", LIVEPATCH_DISABLED, dmesg=(f"{name}: {LIVEPATCH_DISABLED}",))
+    line = f"{name}: Unknown symbol {GUARD_SYMBOL} \\(err -2\\)"
+    return Expectation("refused", GUARD_REASON, dmesg=(line,))
+
+
 KLP_FOR_MODULES = (5, 8)  # the loader applies .klp.rela.vmlinux.* for any module since v5.8
 
 
@@ -365,7 +380,7 @@ def default_samples(path: Path) -> list[Sample]:
             min_kernel=None if livepatch else KLP_FOR_MODULES,
             convert=ConvertOptions(),
             cases=(
-                (Condition(config={"LIVEPATCH": "n"}), Expectation("not-applicable", NO_LIVEPATCH)),
+                (Condition(config={"LIVEPATCH": "n"}), no_livepatch_expectation(module, livepatch)),
                 (Condition(), default_expectation(module, livepatch)),
             ),
         )

@@ -57,7 +57,7 @@ def lines_since(text: str, canary: str) -> list[str] | None:
 SplatKind = Literal[
     "Oops", "BUG", "kernel BUG", "WARNING", "general protection fault", "Kernel panic",
     "Call Trace", "KASAN", "UBSAN", "KFENCE", "RCU stall", "hung task", "list corruption",
-    "refcount", "unable to handle",
+    "refcount", "unable to handle", "symbol version",
 ]  # fmt: skip
 # Case-sensitive, whole words: a case-insensitive "oops" matches the ordinary
 # "loops_per_jiffy" line under TCG.
@@ -77,6 +77,9 @@ _PATTERNS: tuple[tuple[SplatKind, str], ...] = (
     ("list corruption", r"\blist_(?:add|del) corruption\b"),
     ("refcount", r"\brefcount_t: "),
     ("unable to handle", r"\bUnable to handle kernel\b"),
+    # The module loader's modversions complaints: a converted module (the livepatch guard's
+    # __versions entry included) must carry the target's CRCs.
+    ("symbol version", r"\bno symbol version for\b|\bdisagrees about version of symbol\b"),
 )
 SPLAT_PATTERNS = tuple((kind, re.compile(pattern)) for kind, pattern in _PATTERNS)
 

@@ -157,7 +157,10 @@ class Guest:
                 with contextlib.suppress(BootError):
                     self.run("dmesg > dmesg.txt", timeout=20)
                 if self.alive:
-                    self._child.sendline("poweroff -f")
+                    # Not poweroff: without ACPI (the trimmed source configs) the kernel
+                    # halts and qemu stays; a reset ends qemu on any kernel (vng passes
+                    # -no-reboot).
+                    self._child.sendline("reboot -f")
                     self._child.expect(
                         [pexpect.EOF, pexpect.TIMEOUT], timeout=30 * self.timeout_scale
                     )
