@@ -141,8 +141,8 @@ def main() -> int:
         print(json.dumps({name: asdict(runs) for name, runs in results.items()}))
         return 0
 
-    from harness.klp.convert import convert_module, undefined_symbols
-    from harness.klp.symbols import SymbolTable
+    from harness.klp.convert import ConvertReport, convert_module, undefined_symbols
+    from harness.klp.symbols import SymbolTable, load_symvers
     from harness.paths import python_tool
 
     ko = args.ko or largest_module(fetch(args.package, args.deb))
@@ -150,19 +150,22 @@ def main() -> int:
     undefined = sorted(undefined_symbols(ko))
     chosen = undefined[: args.count]
     symvers = work / "Module.symvers"
-    symvers.write_text(
-        "".join(f"0x00000000\t{n}\tvmlinux\tEXPORT_SYMBOL\t\n" for n in undefined[args.count :])
-    )
+    # klp_enable_patch with a CRC: the livepatch guard's __versions entry is written too
+    exported = [*undefined[args.count :], "klp_enable_patch"]
+    symvers.write_text("".join(f"0x0000abcd\t{n}\tvmlinux\tEXPORT_SYMBOL\t\n" for n in exported))
     system_map = work / "System.map"
     system_map.write_text(
         "".join(f"{0xFFFFFFFF81000000 + 16 * i:016x} T {n}\n" for i, n in enumerate(chosen))
     )
     out, copy = work / "out.ko", work / "objcopy.ko"
     table = SymbolTable.load(system_map)
-    exports = set(undefined[args.count :])
+    exports = load_symvers(symvers)
 
-    report = convert_module(ko, out, symtab=table, exports=exports)
-    t_lib = best_of(args.runs, lambda: convert_module(ko, out, symtab=table, exports=exports))
+    def convert() -> ConvertReport:
+        return convert_module(ko, out, symtab=table, exports=exports, versions=exports)
+
+    report = convert()
+    t_lib = best_of(args.runs, convert)
 
     entry = python_tool("klp-harness")
     cli = [entry] if entry else [sys.executable, "-m", "harness.cli.main"]

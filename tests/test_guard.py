@@ -160,3 +160,36 @@ def test_a_missing_or_wrong_symbol_version_is_a_splat() -> None:
         "klp_kernel_clone: Unknown symbol klp_enable_patch (err -2)",
     ]
     assert [s.kind for s in scan_splats(lines)] == ["symbol version", "symbol version"]
+
+
+@pytest.mark.source_kernel
+@pytest.mark.vm
+def test_the_guard_refuses_what_would_oops_without_livepatch(tmp_path: Path) -> None:
+    """source:6.1:no-livepatch: the user's module (no address checks of its own), converted
+    with the guard, is refused at insmod with the loader's line; the same module converted
+    without it loads with its klp relocations left at 0 and oopses in its init."""
+    from harness.build.modules import build_module, builds_dir
+    from harness.kernels.acquire import acquire
+    from harness.suite.samples import find_sample
+    from harness.vm.boot import boot
+    from harness.vm.dmesg import messages, scan_splats
+
+    kernel = acquire("source:6.1:no-livepatch")
+    assert kernel.config_value("LIVEPATCH") == "n"
+    usermod = Path(__file__).parent / "usermod"
+    built = build_module(kernel, find_sample(str(usermod)), allow_no_livepatch=True)
+    exports = load_symvers(kernel.symvers)
+    assert GUARD_SYMBOL not in exports
+    with boot(kernel, tmp_path / "console.log", modules=builds_dir(kernel)) as guest:
+        bare = guest.share_dir / "mymod.ko"
+        table = SymbolTable.load(kernel.kallsyms)
+        convert_module(built.raw_ko, bare, symtab=table, exports=exports, guard=False)
+        refused = guest.run(f"insmod {guest.path(built.ko)}")
+        assert refused.status != 0 and "unknown symbol in module" in refused.output
+        lines = messages(guest.run("dmesg").output)
+        assert "mymod: Unknown symbol klp_enable_patch (err -2)" in lines
+        assert not scan_splats(lines)
+        crashed = guest.run("dmesg -C; insmod /klp/share/mymod.ko", timeout=60)
+        assert crashed.status != 0
+        splats = scan_splats(messages(guest.run("dmesg").output))
+        assert {"general protection fault", "Oops"} & {s.kind for s in splats}, splats

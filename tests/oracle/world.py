@@ -16,7 +16,8 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.kernels.kernel import Kernel
 from harness.klp.convert import convert_module
-from harness.klp.symbols import SymbolTable
+from harness.klp.guard import GUARD_SYMBOL
+from harness.klp.symbols import SymbolTable, load_symvers
 from oracle.compare import Difference, compare
 from oracle.elf import SHN_UNDEF, Elf, ElfFormatError
 from oracle.loader import KernelTable
@@ -95,8 +96,9 @@ def read_module(path: Path) -> bytes:
 
 
 def module_exports(symvers: Path) -> frozenset[str]:
-    """Names Module.symvers lists as exported by a module (not by vmlinux): left alone."""
-    names = set()
+    """Names Module.symvers lists as exported by a module (not by vmlinux): left alone; and
+    the livepatch guard's klp_enable_patch, which the converter adds as an ordinary export."""
+    names = {GUARD_SYMBOL}
     for line in symvers.read_text(errors="surrogateescape").splitlines():
         parts = line.split("\t")
         if len(parts) >= 3 and parts[2] != "vmlinux":
@@ -113,13 +115,14 @@ def run_world(
     symtab = SymbolTable.load(kernel.kallsyms)
     table = KernelTable(kernel.kallsyms.read_text(errors="surrogateescape"))
     exports = module_exports(kernel.symvers)
+    versions = load_symvers(kernel.symvers)  # CRCs for the guard's __versions entry
     result = WorldResult(kernel.name)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="klp-world-") as tmp:
         work = Path(tmp)
         for n, path in enumerate(files, 1):
             result.outcomes.append(
-                _one(path, kernel.modules_dir, work, symtab, table, exports, result)
+                _one(path, kernel.modules_dir, work, (symtab, versions), table, exports, result)
             )
             if progress:
                 progress(n, len(files))
@@ -131,7 +134,7 @@ def _one(
     path: Path,
     root: Path,
     work: Path,
-    symtab: SymbolTable,
+    target: tuple[SymbolTable, dict[str, int]],
     table: KernelTable,
     exports: frozenset[str],
     result: WorldResult,
@@ -154,7 +157,10 @@ def _one(
     }
     t0 = time.perf_counter()
     try:
-        report = convert_module(src, dst, symtab=symtab, exports=set(exports), sympos=sympos)
+        symtab, versions = target
+        report = convert_module(
+            src, dst, symtab=symtab, exports=exports, sympos=sympos, versions=versions
+        )
     except HarnessError as err:
         outcome.failure = f"{type(err).__name__}: {str(err).replace(str(src), name)}"
         return outcome
