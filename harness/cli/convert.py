@@ -59,6 +59,18 @@ def register(sub: Any) -> None:
         help="convert --symbol names even when missing from the symbol table or "
         "when the position is out of range (to provoke the kernel's own refusal)",
     )
+    p.add_argument(
+        "--no-livepatch-guard",
+        action="store_true",
+        help="do not add the reference to klp_enable_patch that makes the module refuse "
+        "to load on a kernel without CONFIG_LIVEPATCH",
+    )
+    p.add_argument(
+        "--allow-no-livepatch",
+        action="store_true",
+        help="convert for a --kernel without CONFIG_LIVEPATCH (the guard then refuses the load)",
+    )
+    _signing_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="say what was left alone")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_escaped(run_convert))
@@ -102,6 +114,34 @@ def _escaped(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     return wrapper
 
 
+def _signing_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strip-signature",
+        action="store_true",
+        help="drop the input's module signature (a signed input is refused otherwise: "
+        "converting invalidates the signature)",
+    )
+    p.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="KEY",
+        help="sign the output with this private key (PEM, or a pkcs11: URI) and --sign-cert; "
+        "default: the --kernel build's own key when it checks signatures and has one",
+    )
+    p.add_argument("--sign-cert", type=Path, metavar="CERT", help="X.509 certificate (PEM/DER)")
+    p.add_argument(
+        "--sign-file",
+        type=Path,
+        metavar="PATH",
+        help="the kernel's scripts/sign-file (default: the one of --kernel's headers)",
+    )
+    p.add_argument(
+        "--sign-hash",
+        metavar="ALGO",
+        help="hash for the signature (default: the kernel's CONFIG_MODULE_SIG_HASH, or sha256)",
+    )
+
+
 def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", metavar="SPEC", help="target kernel (e.g. debian:bookworm)")
     p.add_argument(
@@ -140,7 +180,7 @@ def _sympos(values: list[str]) -> dict[str, int]:
     return out
 
 
-def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, set[str] | None]:
+def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, dict[str, int] | None]:
     from harness.klp.symbols import SymbolTable, load_symvers
 
     system_map: Path | None = args.system_map
@@ -156,6 +196,11 @@ def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, set
         )
 
         kernel = acquire(args.kernel)
+        args.target_kernel = kernel  # for signing with its build key
+        if need_symbols:  # converting: a kernel without livepatch only when insisted on
+            from harness.build.guard import require_livepatch
+
+            require_livepatch(kernel, getattr(args, "allow_no_livepatch", False))
         system_map, symvers = kernel.kallsyms, kernel.symvers
     if system_map is None:
         if need_symbols:
@@ -166,7 +211,9 @@ def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, set
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from harness.klp.convert import convert_module
+    from harness.build.deliver import deliver, unsigned_warning
+    from harness.build.sign import signer_for
+    from harness.klp.convert import ConvertReport, convert_module
 
     if args.in_place == bool(args.output):
         raise UsageError("give exactly one of -o OUT and -i (in place)")
@@ -181,17 +228,30 @@ def run_convert(args: argparse.Namespace) -> int:
     if not args.in_place and dst.exists() and dst.resolve() == args.module.resolve():
         raise UsageError(f"{printable(dst)}: output is the input; use -i to rewrite in place")
     table, exports = _load_target(args, need_symbols=True)
-    report = convert_module(
-        args.module,
-        dst,
-        symtab=table,
-        exports=exports,
-        symbols=args.symbol or None,
-        sympos=sympos,
-        object_symbols=objects,
-        force=args.force,
+    kernel = getattr(args, "target_kernel", None)
+    signer = signer_for(kernel, args.sign_key, args.sign_cert, args.sign_file, args.sign_hash)
+
+    def convert(src: Path, out: Path) -> ConvertReport:
+        return convert_module(
+            src,
+            out,
+            symtab=table,
+            exports=exports,
+            symbols=args.symbol or None,
+            sympos=sympos,
+            object_symbols=objects,
+            force=args.force,
+            guard=not args.no_livepatch_guard,
+            versions=exports,
+        )
+
+    delivered = deliver(
+        args.module, dst, convert, signer=signer, strip_signature=args.strip_signature
     )
+    report = delivered.report
     printer = Printer()
+    if signer is None and (unsigned := unsigned_warning(kernel)):
+        printer.warn(unsigned)
     for warning in report.warnings:
         printer.warn(warning)
     if args.json:
@@ -205,6 +265,10 @@ def run_convert(args: argparse.Namespace) -> int:
                     "livepatch": report.livepatch,
                     "left_alone": list(report.left_alone),
                     "warnings": list(report.warnings),
+                    "guard": report.guard,
+                    "compression": delivered.compression,
+                    "signed": delivered.signer is not None,
+                    "stripped_signature": delivered.stripped,
                     "converted": [
                         {
                             "object": c.obj,
@@ -230,14 +294,27 @@ def run_convert(args: argparse.Namespace) -> int:
     if report.already_converted:
         print(f"{printable(args.module)}: already converted, nothing to do")
     else:
+        guard = f", guarded by {report.guard}" if report.guard else ""
         print(
             f"{printable(report.output)}: converted {len(report.converted)} symbols, "
-            f"{report.relocations} relocations"
+            f"{report.relocations} relocations{guard}{_delivery(delivered)}"
         )
     return 0
 
 
+def _delivery(delivered: Any) -> str:
+    """ ", signature stripped, signed (sha256, CERT), xz-compressed": what was done around
+    the conversion."""
+    done = ["signature stripped"] if delivered.stripped else []
+    if delivered.signer is not None:
+        done.append(f"signed ({delivered.signer.hash}, {printable(delivered.signer.cert)})")
+    if delivered.compression:
+        done.append(f"{delivered.compression}-compressed")
+    return "".join(f", {d}" for d in done)
+
+
 def run_inspect(args: argparse.Namespace) -> int:
+    from harness.klp.guard import GUARD_SYMBOL, module_is_guarded
     from harness.klp.inspect import format_table, inspect_module, is_livepatch_module, verdicts
     from harness.klp.symbols import module_name, module_symbols
 
@@ -249,6 +326,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         table.add_object(module_name(name), module_symbols(Path(path)))
     relocs = inspect_module(args.module, table)
     judged = verdicts(relocs, table, is_livepatch_module(args.module))
+    guarded = module_is_guarded(args.module)
     if args.json:
         import json
 
@@ -257,6 +335,7 @@ def run_inspect(args: argparse.Namespace) -> int:
                 {
                     "relocations": [r.__dict__ for r in relocs],
                     "verdicts": [v.to_json() for v in judged],
+                    "livepatch_guard": guarded,
                 },
                 indent=2,
             )
@@ -265,4 +344,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"{printable(args.module)}: no klp relocations")
     else:
         print(format_table(relocs, judged if table is not None or judged else None))
+        print(
+            f"livepatch guard: {GUARD_SYMBOL} (refused at load without CONFIG_LIVEPATCH)"
+            if guarded
+            else "livepatch guard: none (without CONFIG_LIVEPATCH these relocations stay 0)"
+        )
     return 0 if all(v.ok for v in judged) else VERDICT_EXIT

@@ -23,7 +23,8 @@ from harness.errors import (
     UsageError,
 )
 from harness.klp.abi import check_names, klp_symbol_name, parse_klp_symbol
-from harness.klp.annotations import Annotation, read_annotations
+from harness.klp.annotations import Annotation, read_annotations, stale_references
+from harness.klp.compressed import write_module
 from harness.klp.elfread import (
     SHN_LIVEPATCH,
     SHN_UNDEF,
@@ -32,7 +33,7 @@ from harness.klp.elfread import (
     ElfImage,
     cstring,
 )
-from harness.klp.files import atomic_write_chunks, printable
+from harness.klp.files import printable
 from harness.klp.guard import GUARD_SYMBOL, plan_guard
 from harness.klp.rewrite import Rewrite
 from harness.klp.symbols import VMLINUX, SymbolTable, module_name, module_symbols
@@ -227,13 +228,16 @@ def convert_module(
     syms = img.symbols()
     strtab = img.strtab()
     annotations, dropped = read_annotations(img, syms, strtab)
+    stale = stale_references(img, syms, strtab, dropped) if dropped else {}
     wanted = set(symbols or ())
     undefined = _undefined(syms, strtab, weak=bool(wanted) or bool(annotations))
     existing = {k.name for n in _klp_names(syms, strtab) if (k := parse_klp_symbol(n))}
     left_alone: list[str] = []
     todo: dict[str, int] = {}
     for name, idx in undefined.items():
-        if wanted and name not in wanted or not wanted and name == GUARD_SYMBOL:
+        if wanted and name not in wanted:
+            continue
+        if not wanted and name == GUARD_SYMBOL:
             continue  # a klp relocation to the guard symbol would defeat the guard
         if not wanted and (syms.info[idx] >> 4) == STB_WEAK and idx not in annotations:
             continue  # modpost does not complain about weak undefined symbols either
@@ -256,7 +260,7 @@ def convert_module(
         if not already:
             warnings.append("nothing to convert")
         if src.resolve() != dst.resolve():
-            atomic_write_chunks(dst, [img.view], src.stat().st_mode & 0o777)
+            write_module(dst, [img.view], src.stat().st_mode & 0o777)
         return ConvertReport(
             src, dst, (), tuple(left_alone), already, tuple(warnings), img.is_livepatch()
         )
@@ -264,6 +268,7 @@ def convert_module(
     choices = [planner.choose(idx, name) for name, idx in sorted(todo.items())]
     plan = plan_guard(img, syms, strtab, versions) if guard and choices else None
     rewrite = Rewrite(img, syms, dropped)
+    rewrite.discard(stale)
     counts = rewrite.convert(
         {c.index: (c.obj, klp_symbol_name(c.obj, c.name, c.sympos)) for c in choices}
     )

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import NoSymtabError, NotElfError, UnsupportedElfError
-from harness.klp.files import printable, read_regular
+from harness.klp.compressed import MAGICS, read_module
+from harness.klp.files import printable
 from harness.klp.tables import MAX_CHAR, RELA_SIZE, SYM_SIZE, Relas, Symbols
 
 SHN_UNDEF = 0
@@ -73,8 +74,6 @@ _MACHINES = {3: "EM_386", 8: "EM_MIPS", 21: "EM_PPC64", 22: "EM_S390", 40: "EM_A
 _MACHINES |= {62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV", 258: "EM_LOONGARCH"}
 _TYPES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
 
-_COMPRESSED = {b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip"}
-
 
 @dataclass(frozen=True)
 class Section:
@@ -125,8 +124,9 @@ class ElfImage:
     @classmethod
     def load(cls, path: Path) -> ElfImage:
         """Read `path`: a regular file of at most MODULE_LIMIT bytes (a FIFO or /dev/zero
-        is refused, not read forever)."""
-        data = read_regular(path, MODULE_LIMIT, what=f"{printable(path)}: cannot read")
+        is refused, not read forever), decompressed when it is a .ko.xz, .ko.zst or .ko.gz
+        (by its magic bytes; to at most MODULE_LIMIT bytes too)."""
+        data, _ = read_module(path, MODULE_LIMIT)
         return cls(Path(path), data)
 
     # --- validation -------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class ElfImage:
 
     def _check_ident(self) -> None:
         head = self.data[:6]
-        for magic, kind in _COMPRESSED.items():
+        for magic, kind in MAGICS.items():
             if head.startswith(magic):
                 raise NotElfError(f"{self.label}: {kind}-compressed, not ELF; decompress it first")
         if not self.data.startswith(b"\x7fELF"):

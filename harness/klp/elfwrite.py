@@ -1,4 +1,5 @@
-"""A small ELF64 relocatable-object writer: lays out sections and writes atomically.
+"""A small ELF64 relocatable-object writer: lays out sections and writes atomically
+(compressed when the output name ends in .xz, .zst or .gz).
 
 The caller gives the original ELF header and every output section (header fields
 and content); offsets, the section header table and e_shoff/e_shnum/e_shstrndx are
@@ -14,8 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.errors import UnsupportedElfError
+from harness.klp.compressed import write_module
 from harness.klp.elfread import EHDR_SIZE, SHDR_SIZE, SHN_LORESERVE, SHT_NOBITS
-from harness.klp.files import atomic_write_chunks
 
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 
@@ -94,4 +95,5 @@ def layout(
 def write_elf(
     path: Path, ehdr: bytes, sections: Sequence[OutSection], shstrndx: int, mode: int = 0o644
 ) -> None:
-    atomic_write_chunks(path, layout(ehdr, sections, shstrndx), mode)
+    """Write the module atomically; compressed when the name asks for it (`x.ko.xz`)."""
+    write_module(path, layout(ehdr, sections, shstrndx), mode)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from itertools import compress, count
+from pathlib import Path
 
 from harness.errors import LivepatchGuardError
 from harness.klp.elfread import SHN_UNDEF, ElfImage
