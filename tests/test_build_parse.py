@@ -1,6 +1,10 @@
-"""modpost output parsing, on lines captured from a real kbuild run against Debian 6.1 headers."""
+"""modpost output parsing, on lines captured from real kbuild runs against Debian 6.1 and 7.3
+headers."""
 
-from harness.build.modules import modpost_undefined
+import pytest
+
+from harness.build.modpost import undefined as modpost_undefined
+from harness.errors import BuildError
 
 REAL_LOG = """\
   CC [M]  /tmp/b1/klp_kernel_clone.o
@@ -14,6 +18,23 @@ WARNING: modpost: "kernel_clone" [/tmp/b1/klp_kernel_clone.ko] undefined!
 
 def test_modpost_undefined_from_real_log() -> None:
     assert modpost_undefined(REAL_LOG) == ["do_exit", "kernel_clone"]
+
+
+# kernel_clone built against linux-headers-7.3.4+deb13-amd64: modpost's format changed in 6.x
+REAL_LOG_73 = """\
+  MODPOST Module.symvers
+WARNING: modpost: klp_kernel_clone.ko: symbol 'kernel_clone' undefined!
+  CC [M]  klp_kernel_clone.mod.o
+"""
+
+
+def test_modpost_undefined_from_a_73_log() -> None:
+    assert modpost_undefined(REAL_LOG_73) == ["kernel_clone"]
+
+
+def test_an_unknown_undefined_format_is_an_error() -> None:
+    with pytest.raises(BuildError, match="cannot read modpost"):
+        modpost_undefined("WARNING: modpost: m.ko: 'x' is undefined!\n")
 
 
 def test_modpost_error_form_counts_too() -> None:

@@ -21,6 +21,7 @@ from types import MappingProxyType
 
 from harness import __version__
 from harness.build.guard import require_livepatch
+from harness.build.modpost import undefined as modpost_undefined
 from harness.build.sign import sign_module
 from harness.build.toolchain import select
 from harness.cache import cache_dir, cache_root, locked, staged_dir
@@ -32,7 +33,6 @@ from harness.klp.symbols import SymbolTable, load_symvers
 from harness.paths import BUILD_DIR, CONVERTER_DIR, INCLUDE_DIR, MODULES_DIR, PACKAGE_DIR
 from harness.suite.samples import Sample, required_sample
 
-_UNDEFINED = re.compile(r'(?:WARNING|ERROR): modpost: "([^"]+)" \[[^\]]+\] undefined!')
 STAMP = "klp-harness.stamp"
 # Every path make sees (M=, -C, KCFLAGS) is harness-chosen and plain: make expands `$(...)`
 # in command-line variables, and kbuild splits on spaces.
@@ -61,11 +61,6 @@ class BuiltModule:
     # that table's `_text`, so a guest's KASLR offset can shift it.
     predicted: tuple[tuple[str, int | None], ...] = ()
     table_text: int | None = None
-
-
-def modpost_undefined(log_text: str) -> list[str]:
-    """The symbols modpost reported as `undefined!` (neither in the module nor exported)."""
-    return sorted(set(_UNDEFINED.findall(log_text)))
 
 
 def _tail(text: str, lines: int = 15) -> str:

@@ -27,6 +27,7 @@ COMMANDS = {
     "init-expect": "harness.cli.init_expect",
     "run": "harness.cli.run",
     "bisect": "harness.cli.bisect",
+    "make": "harness.cli.make",
 }
 
 INTERNAL_ERROR = 70
