@@ -17,7 +17,7 @@ action=${1:-setup}
 
 packages=(
     qemu-system-x86 kmod busybox-static cpio mmdebstrap debian-archive-keyring
-    libelf-dev bc flex bison dwarves make gcc libc6-dev zstd xz-utils
+    libelf-dev bc flex bison dwarves make gcc libc6-dev zstd xz-utils dkms
     python3 python3-venv python3-pip python3-dev git util-linux
 )
 

@@ -61,6 +61,13 @@ def register(sub: Any) -> None:
         help="where results JSON, console logs and step transcripts go (default: ./results)",
     )
     parser.add_argument(
+        "--prebuilt",
+        type=Path,
+        metavar="KO",
+        help="load this module (.ko, .ko.xz, ...) as built elsewhere (DKMS, klp-harness make) "
+        "instead of building --module's sources; one --module and one kernel",
+    )
+    parser.add_argument(
         "--allow-no-livepatch",
         action="store_true",
         help="on kernels without CONFIG_LIVEPATCH, build anyway and expect the livepatch "
@@ -92,12 +99,23 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs takes a number >= 1")
     jobs = min(len(specs), args.jobs or default_jobs())
+    backend = None
+    if args.prebuilt is not None:
+        if len(samples) != 1 or len(specs) != 1:
+            raise UsageError(
+                "--prebuilt takes one --module and one kernel (the one it was built for)"
+            )
+        from harness.build.prebuilt import Prebuilt
+        from harness.suite.runner import Backend
+
+        backend = Backend(build=Prebuilt(args.prebuilt))
     results = run_all(
         specs,
         samples,
         args.results,
         printer=Printer(quiet=args.quiet),
         jobs=jobs,
+        backend=backend,
         allow_no_livepatch=args.allow_no_livepatch,
     )
     print(format_table(results))
