@@ -79,6 +79,12 @@ class NoLivepatchError(HarnessError):
     exit_code = 14
 
 
+class AnnotationUseError(HarnessError):
+    """A loaded section uses a KLP_MODULE_RELOC array, which the converter consumes."""
+
+    exit_code = 15
+
+
 class KernelError(HarnessError):
     """Kernel spec, package resolution, download or extraction failed."""
 

@@ -83,6 +83,9 @@ asm(".section .text.grp,\"axG\",@progbits,grpsig,comdat\n"
 KLP_MODULE_RELOC(vmlinux) my_relocs[] = {
     KLP_SYMPOS(active_show, 2),
 };
+#ifdef USE_RELOCS
+unsigned int first_position(void) { return my_relocs[0].sympos; }
+#endif
 #endif
 """
 
@@ -103,8 +106,10 @@ def compile_module(
     defines: tuple[str, ...] = (),
     source: str = MODULE_C,
     link: bool = True,
+    flags: tuple[str, ...] = (),
 ) -> Path:
-    """Compile (and `ld -r`, like kbuild's <mod>.o) a module-like object; returns its path."""
+    """Compile (and `ld -r`, like kbuild's <mod>.o) a module-like object; returns its path.
+    `flags`: more gcc options, e.g. -g (kbuild's on a CONFIG_DEBUG_INFO kernel)."""
     src = tmp / f"{name}.c"
     src.write_text(source)
     obj = tmp / f"{name}.part.o"
@@ -113,6 +118,7 @@ def compile_module(
         *KERNEL_CFLAGS,
         f"-I{INCLUDE}",
         *(f"-D{d}" for d in defines),
+        *flags,
         "-c",
         str(src),
         "-o",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from elftools.elf.relocation import RelocationSection
 
 from harness.errors import (
     AmbiguousSymbolError,
+    AnnotationUseError,
     ModuleTargetError,
     NotElfError,
     RelocationTypeError,
@@ -51,6 +53,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("anngrp", ("ANNOTATE", "GROUP")),
     ):
         compile_module(tmp, name, defines)
+    compile_module(tmp, "anndbg", ("ANNOTATE",), flags=("-g",))
+    compile_module(tmp, "annuse", ("ANNOTATE", "USE_RELOCS"), flags=("-g",))
     compile_module(tmp, "unlinked", (), link=False)
     write_symvers(tmp)
     return tmp
@@ -191,6 +195,27 @@ def test_annotation_consumed(built: Path, table: SymbolTable) -> None:
     assert sum(map(len, relocs.values())) == sum(map(len, _relocs(built / "plain.o").values()))
     judged = verdicts(inspect_module(dst), table)
     assert all(v.ok for v in judged) and len(judged) == 4
+
+
+def test_annotation_with_debug_info(built: Path, table: SymbolTable, tmp_path: Path) -> None:
+    """With -g the debug info refers to the annotation array: those relocations are dropped
+    with it (the kernel applies only loaded sections' relocations); a use of the array by a
+    loaded section (code reading it) is refused with its own status."""
+    assert any(r[3] == "my_relocs" for r in _relocs(built / "anndbg.o")[".rela.debug_info"])
+    dst, report = _convert(built, table, "anndbg")
+    assert ("active_show", 2) in {(c.name, c.sympos) for c in report.converted}  # type: ignore[attr-defined]
+    after = _relocs(dst)
+    assert all(r[3] != "my_relocs" for rows in after.values() for r in rows)
+    before = _relocs(built / "anndbg.o")
+    stale = sum(r[3] == "my_relocs" for r in before[".rela.debug_info"])
+    dropped = sum(len(before[n]) for n in before if n.startswith(".rela.klp.module_relocs"))
+    assert sum(map(len, after.values())) == sum(map(len, before.values())) - stale - dropped
+    proc = subprocess.run(["readelf", "-a", "-W", str(dst)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Warning" not in proc.stderr
+    with pytest.raises(AnnotationUseError) as err:
+        _convert(built, table, "annuse")
+    assert err.value.exit_code == 15
+    assert ".rela.text" in str(err.value) and "'my_relocs'" in str(err.value)
 
 
 def _groups(path: Path) -> tuple[str, list[str]]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from harness.errors import AmbiguousSymbolError, UnsupportedElfError
+from harness.errors import AmbiguousSymbolError, AnnotationUseError, UnsupportedElfError
 from harness.klp.abi import ANNOTATION_ENTRY, ANNOTATION_PREFIX
 from harness.klp.elfread import (
     R_X86_64_64,
+    SHF_ALLOC,
     SHT_NOBITS,
     SHT_RELA,
     ElfImage,
@@ -69,21 +70,33 @@ def read_annotations(
                         f"position {pos}"
                     )
                 found[index] = note
-    if dropped:
-        # symbols defined in a dropped section disappear with it; nothing else may use them
-        used = {i for i, shndx in enumerate(syms.shndx) if i and shndx in dropped}
-        if used:
-            for rel in img.sections:
-                if (
-                    rel.type == SHT_RELA
-                    and rel.index not in dropped
-                    and (rel.link == img.symtab_index)
-                ):
-                    refs = img.relas(rel.index).distinct_symbols() & used
-                    if refs:
-                        name = cstring(strtab, syms.names[refs.pop()])
-                        raise UnsupportedElfError(
-                            f"{img.label}: {rel.label} refers to '{printable(name)}' of an "
-                            "annotation section; annotation arrays must not be used by the module"
-                        )
     return found, dropped
+
+
+def stale_references(
+    img: ElfImage, syms: Symbols, strtab: bytes, dropped: set[int]
+) -> dict[int, set[int]]:
+    """{relocation section: symbols of dropped annotation sections it refers to}, for the
+    sections that must lose those entries: only non-loaded ones (debug info of the array,
+    which kbuild's -g emits); the kernel applies relocations of SHF_ALLOC sections only.
+    A loaded section that uses an annotation array is refused (AnnotationUseError)."""
+    used = {i for i, shndx in enumerate(syms.shndx) if i and shndx in dropped}
+    stale: dict[int, set[int]] = {}
+    if not used:
+        return stale
+    for rel in img.sections:
+        if rel.type != SHT_RELA or rel.index in dropped or rel.link != img.symtab_index:
+            continue
+        refs = img.relas(rel.index).distinct_symbols() & used
+        if not refs:
+            continue
+        target = img.sections[rel.info] if 0 < rel.info < len(img.sections) else None
+        if target is not None and target.flags & SHF_ALLOC:
+            name = cstring(strtab, syms.names[min(refs)])
+            raise AnnotationUseError(
+                f"{img.label}: {rel.label} (loaded with the module) refers to "
+                f"'{printable(name)}' of an annotation section; KLP_MODULE_RELOC arrays are "
+                "consumed by the converter and must not be used by the module's code or data"
+            )
+        stale[rel.index] = refs
+    return stale

@@ -88,6 +88,19 @@ class Rewrite:
         strtab += name.encode("latin-1") + b"\0"
         self.added.append(struct.pack("<IBBHQQ", offset, STB_GLOBAL << 4, 0, SHN_UNDEF, 0, 0))
 
+    def discard(self, stale: dict[int, set[int]]) -> None:
+        """Drop the entries of each relocation section against the given symbols (debug
+        info of a consumed annotation array: it refers to nothing that is loaded)."""
+        for index, symbols in stale.items():
+            arr = self._relas(index)
+            _, kept = _split(bytes(arr.raw), _moved_runs(arr, symbols, symbol_class(symbols)))
+            self.relas[index] = kept
+
+    def _relas(self, index: int) -> Relas:
+        """Section `index`'s entries as this rewrite has them so far."""
+        done = self.relas.get(index)
+        return self.img.relas(index) if done is None else Relas(bytes(done))
+
     def append(self, index: int, data: bytes) -> None:
         """Append `data` to section `index` (a __versions entry)."""
         self._table(index).extend(data)
@@ -129,7 +142,7 @@ class Rewrite:
                 if klp_obj is not None:
                     existing[(klp_obj, sec.info)] = sec.index
                 continue
-            arr = img.relas(sec.index)
+            arr = self._relas(sec.index)
             runs = _moved_runs(arr, wanted, finder)
             first = next(runs, None)
             if first is None:
