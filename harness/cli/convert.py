@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.cli.options import add_sympos, parse_sympos
 from harness.console import Printer
 from harness.errors import HarnessError, UsageError
 from harness.fileio import printable
@@ -46,13 +47,7 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help="convert only NAME (repeatable)",
     )
-    p.add_argument(
-        "--sympos",
-        action="append",
-        default=[],
-        metavar="NAME=N",
-        help="kallsyms position of NAME (1-based; 0 = must be unique)",
-    )
+    add_sympos(p)
     p.add_argument(
         "--force",
         action="store_true",
@@ -169,17 +164,6 @@ def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
     return out
 
 
-def _sympos(values: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name, text in _pairs(values, "--sympos"):
-        if not text.isdigit():
-            raise UsageError(
-                f"--sympos {printable(name)}={printable(text)}: the position must be a number >= 0"
-            )
-        out[name] = int(text)
-    return out
-
-
 def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, dict[str, int] | None]:
     from harness.klp.symbols import SymbolTable, load_symvers
 
@@ -222,7 +206,7 @@ def run_convert(args: argparse.Namespace) -> int:
             "say which symbols to convert: give --symvers FILE (convert what it "
             "does not export), --symbol NAME, or --kernel SPEC"
         )
-    sympos = _sympos(args.sympos)
+    sympos = parse_sympos(args.sympos)
     objects = {name: Path(p) for name, p in _pairs(args.object_symbols, "--object-symbols")}
     dst = args.module if args.in_place else args.output
     if not args.in_place and dst.exists() and dst.resolve() == args.module.resolve():

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from harness.cli.options import add_sympos, parse_sympos
 from harness.console import Printer
 from harness.errors import UsageError
 from harness.fileio import printable
@@ -53,13 +54,7 @@ def register(sub: Any) -> None:
         help="leave signing to the caller (DKMS signs after MAKE[0]); by default a kernel "
         "whose build key is at hand gets its modules signed with it",
     )
-    p.add_argument(
-        "--sympos",
-        action="append",
-        default=[],
-        metavar="NAME=N",
-        help="kallsyms position of NAME (1-based; 0 = must be unique)",
-    )
+    add_sympos(p)
     p.add_argument(
         "--allow-no-livepatch",
         action="store_true",
@@ -69,16 +64,6 @@ def register(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("make_args", nargs="*", metavar="MAKE_ARG", help="passed to make (after --)")
     p.set_defaults(func=run_make)
-
-
-def _sympos(values: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for value in values:
-        name, _, text = value.partition("=")
-        if not name or not text.isdigit():
-            raise UsageError(f"--sympos {printable(value)}: expected NAME=N with N >= 0")
-        out[name] = int(text)
-    return out
 
 
 def _shown(path: Path) -> str:
@@ -93,7 +78,7 @@ def run_make(args: argparse.Namespace) -> int:
     printer = Printer(quiet=args.quiet)
     if args.kernel and args.system_map:
         raise UsageError("--kernel already names the symbol table; drop --system-map")
-    sympos = _sympos(args.sympos)
+    sympos = parse_sympos(args.sympos)
     moddir = module_directory(args.moddir)
     make_arguments(args.make_args)  # refused before a kernel is fetched
     if args.kernel:
