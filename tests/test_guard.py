@@ -193,3 +193,23 @@ def test_the_guard_refuses_what_would_oops_without_livepatch(tmp_path: Path) -> 
         assert crashed.status != 0
         splats = scan_splats(messages(guest.run("dmesg").output))
         assert {"general protection fault", "Oops"} & {s.kind for s in splats}, splats
+
+
+def test_the_oracle_accepts_exactly_the_guard_entry(
+    klp_kernel: Kernel, klp_module: Callable[[str], BuiltModule]
+) -> None:
+    """The independent loader simulation (tests/oracle) loads the real converted module with
+    the guard's __versions entry; a wrong CRC in it is a difference."""
+    from oracle.compare import SECTIONS, compare
+    from oracle.loader import KernelTable
+
+    built = klp_module("kernel_clone")
+    table = KernelTable(klp_kernel.kallsyms.read_text())
+    crc = load_symvers(klp_kernel.symvers)[GUARD_SYMBOL]
+    exports = frozenset(load_symvers(klp_kernel.symvers)) - {"kernel_clone", "do_exit"}
+    original, converted = built.raw_ko.read_bytes(), built.ko.read_bytes()
+    verdict = compare(original, converted, table, exports, 7, guard_crc=crc)
+    assert verdict.identical, verdict.differences
+    assert verdict.klp_relocations == 4
+    wrong = compare(original, converted, table, exports, 7, guard_crc=crc ^ 1)
+    assert [d.kind for d in wrong.differences] == [SECTIONS]

@@ -49,12 +49,14 @@ def compare(
     module_exports: frozenset[str],
     seed: int,
     label: str = "<module>",
+    guard_crc: int | None = None,
 ) -> Verdict:
     old, new = Elf(original, label), Elf(converted, label + " (converted)")
     verdict = Verdict()
     bases = section_bases(old, seed)
     old_alloc = _alloc_layout(old)
     new_alloc = _alloc_layout(new)
+    guarded = _accept_guard_entry(old_alloc, new_alloc, guard_crc)
     if old_alloc != new_alloc:
         changed = sorted(set(old_alloc.items()) ^ set(new_alloc.items()))
         verdict.differences.append(Difference(SECTIONS, ", ".join(map(str, changed[:4]))))
@@ -74,7 +76,11 @@ def compare(
     if after.skipped_objects:
         objs = ", ".join(sorted(after.skipped_objects))
         verdict.differences.append(Difference(IMAGE, f".klp.rela sections for modules {objs}"))
-    differing = [k for k in old_alloc if before.images[k] != after.images[k]]
+    differing = [
+        k
+        for k in old_alloc
+        if before.images[k] != after.images[k][: len(before.images[k]) if k in guarded else None]
+    ]
     verdict.sections = len(old_alloc)
     if differing:
         # load again, recording which relocation wrote each field, to say what differs
@@ -83,6 +89,35 @@ def compare(
         for key in differing:
             verdict.differences.append(Difference(IMAGE, _explain(key, before, after)))
     return verdict
+
+
+# The livepatch guard (harness.klp.guard) appends one struct modversion_info to __versions:
+# an 8-byte CRC and the name klp_enable_patch in 56 bytes, NUL-padded.
+GUARD, MODVERSION_INFO = b"klp_enable_patch", 64
+
+
+def _accept_guard_entry(
+    old: dict[tuple[str, int], tuple[int, int, bytes]],
+    new: dict[tuple[str, int], tuple[int, int, bytes]],
+    crc: int | None,
+) -> set[tuple[str, int]]:
+    """Count a __versions that is the original's plus exactly the guard's entry (with `crc`,
+    when known) as unchanged: the loader checks the guard symbol's version with it. Returns
+    the keys so accepted (their images are compared up to the original's size)."""
+    accepted: set[tuple[str, int]] = set()
+    for key, (_, size, data) in new.items():
+        if key[0] != "__versions" or key not in old:
+            continue
+        _, old_size, old_data = old[key]
+        entry = data[old_size:]
+        if size != old_size + MODVERSION_INFO or data[:old_size] != old_data:
+            continue
+        if entry[8:] == GUARD.ljust(MODVERSION_INFO - 8, b"\0") and (
+            crc is None or int.from_bytes(entry[:8], "little") == crc
+        ):
+            new[key] = old[key]
+            accepted.add(key)
+    return accepted
 
 
 def _alloc_layout(elf: Elf) -> dict[tuple[str, int], tuple[int, int, bytes]]:

@@ -168,7 +168,9 @@ def _one(
         result.convert_seconds += time.perf_counter() - t0
     outcome.relocations = report.relocations
     t1 = time.perf_counter()
-    verdict = compare(original, dst.read_bytes(), table, exports, zlib.crc32(name.encode()), name)
+    seed = zlib.crc32(name.encode())
+    crc = target[1].get(GUARD_SYMBOL)
+    verdict = compare(original, dst.read_bytes(), table, exports, seed, name, guard_crc=crc)
     result.check_seconds += time.perf_counter() - t1
     outcome.klp_applied = verdict.klp_relocations
     outcome.differences = verdict.differences
