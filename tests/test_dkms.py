@@ -336,7 +336,8 @@ def test_sig_force_accepts_the_build_key_and_rejects_dkms_own(tmp_path: Path) ->
         assert made.module.read_bytes().count(MAGIC) == 1
     with boot(kernel, tmp_path / "console.log", modules=builds_dir(kernel)) as guest:
         result, transcript = judged(guest, kernel, good.module)
-        refused = guest.run(f"insmod {guest.path(bad.module)}")
+        rejected = prebuilt_module(kernel, find_sample(str(EXAMPLE)), bad.module).ko
+        refused = guest.run(f"insmod {guest.path(rejected)}")
     transcript.save(tmp_path / "transcript.json")
     insmod = transcript.commands[0]
     assert insmod.status == 0 and any(LOADED in line for line in insmod.kernel), insmod
