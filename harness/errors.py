@@ -113,3 +113,17 @@ class ReportError(HarnessError):
     """A results file that is not valid JSON or breaks the results schema."""
 
     exit_code = 25
+
+
+class UnsafeRelocationError(HarnessError):
+    """A klp relocation to a module object in a section the kernel processes at load
+    (__jump_table, .static_call_sites, alternatives, ...): it would be applied too late."""
+
+    exit_code = 16
+
+
+class SourceFileChoiceError(HarnessError):
+    """A sympos chosen by source file (`--sympos NAME@FILE`, KLP_SYMPOS_FILE) that the target's
+    vmlinux does not resolve to one symbol: no such file holds the name, or it holds two."""
+
+    exit_code = 17

@@ -3,6 +3,7 @@ headers."""
 
 import pytest
 
+from harness.build.modpost import restricted_by_module
 from harness.build.modpost import undefined as modpost_undefined
 from harness.errors import BuildError
 
@@ -50,3 +51,18 @@ def test_sympos_defines_are_c_identifiers() -> None:
         "-DKLP_SYMPOS_foo=3",
         "-DKLP_SYMPOS_bar_cold=2",
     ]
+
+
+def test_an_export_restricted_to_other_modules_from_a_73_log() -> None:
+    """modules/restricted_export against linux-headers-7.3.4+deb13-amd64 (with
+    CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS=y on make's command line: a warning)."""
+    line = (
+        "WARNING: modpost: klp_restricted_export.ko: module uses symbol 'kptr_restrict' "
+        "from namespace 'module:printf_kunit', but does not import it.\n"
+    )
+    assert restricted_by_module(REAL_LOG_73 + line) == {
+        "klp_restricted_export.ko": ["kptr_restrict"]
+    }
+    assert modpost_undefined(line) == []
+    ordinary = line.replace("'module:printf_kunit'", "'DMA_BUF'")
+    assert restricted_by_module(ordinary) == {}  # an ordinary namespace stays an export

@@ -376,3 +376,19 @@ def test_make_for_the_running_kernel_inside_a_debian_61_guest(tmp_path: Path) ->
     for status in ("make: 0", "inspect: 0", "insmod: 0", "rmmod: 0"):
         assert status in text, text
     assert " processes, command line of " in text and "tainted: 12288" in text, text  # O, E
+
+
+@pytest.mark.slow_build
+def test_make_converts_an_export_restricted_to_other_modules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """7.3 exports kptr_restrict only to printf_kunit (EXPORT_SYMBOL_FOR_MODULES): modpost
+    names it in a namespace warning, not `undefined!`; make converts it all the same."""
+    mod = tmp_path / "restricted"
+    shutil.copytree(Path(__file__).parent.parent / "modules" / "restricted_export", mod)
+    (mod / "expect.toml").unlink()
+    argv = ["make", "-C", str(mod), "--kernel", "debian:trixie-backports", "-q"]
+    assert main(argv) == 0
+    assert "klp_restricted_export.ko: converted 1 symbols" in capsys.readouterr().out
+    converted = inspect_module(mod / "klp_restricted_export.ko")
+    assert {r.name for r in converted} == {"kptr_restrict"}

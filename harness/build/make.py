@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.build.guard import require_livepatch
-from harness.build.modpost import undefined_by_module
+from harness.build.modpost import restricted_by_module, undefined_by_module
 from harness.build.sign import Signer, is_signed, sign, signer_for
 from harness.build.target import Target
 from harness.build.toolchain import select
@@ -32,8 +32,9 @@ from harness.console import Printer
 from harness.errors import BuildError, UsageError
 from harness.fileio import atomic_write_bytes, printable
 from harness.klp.convert import ConvertedSymbol, convert_module
+from harness.klp.exports import load_exports
 from harness.klp.inspect import inspect_module
-from harness.klp.symbols import SymbolTable, load_symvers
+from harness.klp.symbols import SymbolTable
 from harness.paths import INCLUDE_DIR
 
 __all__ = ["MadeModule", "MakeResult", "make_modules"]
@@ -125,6 +126,8 @@ def _kbuild(
         *user,
         "modules",
         "KBUILD_MODPOST_WARN=1",  # the undefined names are checked and converted below
+        # an export restricted to other modules (7.x) only warned about: converted below
+        "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS=y",
         " ".join([f"KCFLAGS=-I{INCLUDE_DIR}", *kcflags]),  # <klp_convert.h> annotations
     ]
     binds = [kernel.headers, moddir, INCLUDE_DIR]
@@ -236,9 +239,11 @@ def make_modules(
             "signing key is not at hand: give --sign-key FILE and --sign-cert FILE"
         )
     symtab = SymbolTable.load(kernel.kallsyms)
-    crcs = load_symvers(kernel.symvers)
+    crcs = load_exports(kernel.symvers)  # with namespaces: restricted exports are converted
     log, toolchain = _kbuild(target, moddir, make_args, printer, echo)
     by_module = undefined_by_module(log)
+    for module, names in restricted_by_module(log).items():
+        by_module[module] = sorted({*by_module.get(module, []), *names})
     undefined = {ko: _undefined_for(ko, moddir, by_module) for ko in built_modules(moddir)}
     stray = _stray(symtab, undefined)
     if stray:
@@ -291,8 +296,8 @@ def _finish(
                 raw,
                 tmp,
                 symtab=symtab,
-                exports=set(crcs),
-                symbols=undefined,  # exactly what modpost found neither defined nor exported
+                exports=crcs,
+                symbols=undefined,  # what modpost found undefined, or exported to others only
                 sympos={n: p for n, p in sympos.items() if n in undefined},
                 guard=True,
                 versions=crcs,

@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 from harness import __version__
 from harness.build.guard import require_livepatch
@@ -28,8 +27,10 @@ from harness.cache import cache_dir, cache_root, locked, staged_dir
 from harness.errors import BuildError, HarnessError
 from harness.fileio import read_regular
 from harness.kernels.kernel import Kernel
+from harness.kernels.sourcefiles import SourceFiles, file_position
 from harness.klp.convert import ConvertReport, convert_module
-from harness.klp.symbols import SymbolTable, load_symvers
+from harness.klp.exports import load_exports
+from harness.klp.symbols import SymbolTable
 from harness.paths import BUILD_DIR, CONVERTER_DIR, INCLUDE_DIR, MODULES_DIR, PACKAGE_DIR
 from harness.suite.samples import Sample, required_sample
 
@@ -164,13 +165,19 @@ def _fingerprint(
 
 @functools.lru_cache(maxsize=8)
 def _symbol_data(kallsyms: Path, symvers: Path) -> tuple[SymbolTable, Mapping[str, int]]:
-    return SymbolTable.load(kallsyms), MappingProxyType(load_symvers(symvers))
+    # with namespaces: an export restricted to other modules is converted (harness.klp.exports)
+    return SymbolTable.load(kallsyms), load_exports(symvers)
 
 
-def _sympos(symtab: SymbolTable, wanted: Mapping[str, int | str]) -> dict[str, int]:
-    """Positions from expect.toml; "last" is the highest position of that name in vmlinux."""
+def _sympos(kernel: Kernel, symtab: SymbolTable, wanted: Mapping[str, int | str]) -> dict[str, int]:
+    """Positions from expect.toml; "last" is the highest position of that name in vmlinux,
+    any other string the source file that defines it (harness.kernels.sourcefiles)."""
     return {
-        name: len(symtab.candidates(name)) if pos == "last" else int(pos)
+        name: len(symtab.candidates(name))
+        if pos == "last"
+        else file_position(kernel, symtab, name, pos)
+        if isinstance(pos, str)
+        else int(pos)
         for name, pos in wanted.items()
     }
 
@@ -198,7 +205,8 @@ def _convert(
         exports=exports,
         versions=exports,
         symbols=wanted or None,
-        sympos=_sympos(symtab, sample.convert.sympos),
+        sympos=_sympos(kernel, symtab, sample.convert.sympos),
+        sources=SourceFiles(kernel),  # KLP_SYMPOS_FILE annotations
         object_symbols={obj: deps[name].ko for obj, name in sample.convert.object_symbols.items()},
         force=sample.convert.force,
     )
@@ -229,6 +237,10 @@ def _make(kernel: Kernel, workdir: Path, log: Path, defines: list[str], failed_l
         f"M={workdir}",
         "modules",
         "KBUILD_MODPOST_WARN=1",
+        # modpost errors out on an export of a namespace the module does not import, and a
+        # `module:` namespace (EXPORT_SYMBOL_FOR_MODULES) cannot be imported: as a warning,
+        # the converter decides (converts the restricted one, warns about the other).
+        "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS=y",
         " ".join([f"KCFLAGS=-I{INCLUDE_DIR}", *defines]),
     ]
     command = toolchain.command(argv, binds=[cache_root(), kernel.headers, INCLUDE_DIR, workdir])
@@ -303,7 +315,7 @@ def build_module(
             _copy_sources(sources, work)
             log = work / "build.log"
             symtab, _ = _symbol_data(kernel.kallsyms, kernel.symvers)
-            defines = sympos_defines(_sympos(symtab, sample.convert.sympos))
+            defines = sympos_defines(_sympos(kernel, symtab, sample.convert.sympos))
             failed_log = final.parent / f"{final.name}.failed.log"
             undefined = modpost_undefined(_make(kernel, work, log, defines, failed_log))
             raw = work / f"{sample.module}.ko"
@@ -314,7 +326,7 @@ def build_module(
             report = _convert(kernel, sample, raw, out, undefined, deps)
             sign_module(kernel, out)  # CONFIG_MODULE_SIG kernels with their build key
             converted = [f"{c.obj}.{c.name},{c.sympos}" for c in report.converted]
-            missing = sorted(set(undefined) - {c.name for c in report.converted})
+            missing = sorted(set(undefined) - {c.referenced for c in report.converted})
             if missing:
                 raise BuildError(
                     f"{sample.name}: undefined and not converted: {', '.join(missing)}"

@@ -2,7 +2,9 @@
 
 The kernel records its compiler in `CONFIG_CC_VERSION_TEXT`. Module builds need the same
 gcc major (newer kernels pass flags older gcc rejects, e.g. gcc-12 and
-`-fmin-function-alignment=16` for the gcc-14-built 7.x kernels).
+`-fmin-function-alignment=16` for the gcc-14-built 7.x kernels). A clang-built kernel (e.g.
+"Debian clang version 19.1.7", the LTO source config) gets the host's clang of that major with
+its LLVM tools: every make gets `LLVM=-19` (clang-19, ld.lld-19, llvm-ar-19, ...).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from harness.kernels.releases import gcc_suites
 __all__ = [
     "CompilerVersion",
     "Toolchain",
+    "clang_toolchain",
     "ensure_buildroot",
     "parse_cc_version_text",
     "select",
@@ -89,11 +92,15 @@ class Toolchain:
     description: str  # "host gcc-12 (Debian 12.2.0-14) 12.2.0", "buildroot trixie gcc-14 (...)"
     cc: str  # compiler command, valid where the command runs (host or root)
     root: Path | None
-    gcc_major: int
+    gcc_major: int  # 0 for clang
+    make_vars: tuple[str, ...] = ()  # given to every make: ("LLVM=-19",) for clang
 
     def command(self, argv: Sequence[str], *, binds: Sequence[Path] = ()) -> list[str]:
         """`argv` ready for subprocess: as is on the host, or wrapped to run inside the root
-        with `binds` (headers tree, module dir) at the same absolute paths."""
+        with `binds` (headers tree, module dir) at the same absolute paths. A `make` command
+        gets `make_vars` (kbuild needs LLVM= on every make of a clang kernel)."""
+        if self.make_vars and argv and argv[0] == "make":
+            argv = [argv[0], *self.make_vars, *argv[1:]]
         if self.kind == "host" or self.root is None:
             return list(argv)
         return buildroot.wrap(self.root, argv, binds)
@@ -101,7 +108,7 @@ class Toolchain:
     def make_args(self) -> list[str]:
         """Variables for `make -C <headers> M=<dir>`: the compiler command, explicitly,
         in case the headers' own default (Debian's .kernelvariables) names another."""
-        return [f"CC={self.cc}"]
+        return list(self.make_vars) if self.make_vars else [f"CC={self.cc}"]
 
 
 def _version_line(argv: list[str]) -> str | None:
@@ -178,7 +185,42 @@ def select(kernel: Kernel, *, printer: Printer | None = None) -> Toolchain:
     return chosen
 
 
+# What LLVM=<suffix> makes kbuild run besides clang (scripts/Makefile.clang, Makefile).
+_LLVM_TOOLS = ("ld.lld", "llvm-ar", "llvm-nm", "llvm-objcopy", "llvm-strip", "llvm-readelf")
+
+
+def clang_toolchain(kernel_cc: CompilerVersion) -> Toolchain:
+    """The host's clang of the kernel's major and its LLVM tools: `clang-N` with `LLVM=-N`,
+    else a plain `clang` of that major with `LLVM=1`."""
+    major = kernel_cc.major
+    for suffix in (f"-{major}", ""):
+        cc = f"clang{suffix}"
+        line = _version_line([cc, "--version"]) if shutil.which(cc) else None
+        if line is None:
+            continue
+        try:
+            found = parse_cc_version_text(line)
+        except ToolchainError:
+            continue
+        if found.family != "clang" or found.major != major:
+            continue
+        missing = [t + suffix for t in _LLVM_TOOLS if shutil.which(t + suffix) is None]
+        if missing:
+            raise ToolchainError(
+                f"kernel built with {kernel_cc.text!r}: {cc} found but not "
+                f"{', '.join(missing)} (Debian packages lld-{major} llvm-{major})"
+            )
+        llvm = f"LLVM={suffix}" if suffix else "LLVM=1"
+        return Toolchain("host", f"host {line} ({llvm})", cc, None, 0, (llvm,))
+    raise ToolchainError(
+        f"kernel built with {kernel_cc.text!r}: no clang-{major} on the host "
+        f"(Debian packages clang-{major} lld-{major} llvm-{major})"
+    )
+
+
 def _select(kernel_cc: CompilerVersion, printer: Printer) -> Toolchain:
+    if kernel_cc.family == "clang":
+        return clang_toolchain(kernel_cc)
     host = host_compiler(kernel_cc)
     suite = suite_for(kernel_cc, host[1] if host else None)
     if suite is None and host is not None:

@@ -13,12 +13,15 @@ import functools
 import gc
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.cli.options import add_sympos, parse_sympos
 from harness.console import Printer
 from harness.errors import HarnessError, UsageError
 from harness.fileio import printable
+
+if TYPE_CHECKING:
+    from harness.klp.exports import Exports
 
 VERDICT_EXIT = 1  # `inspect` found a symbol the kernel would not resolve
 
@@ -164,8 +167,9 @@ def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
     return out
 
 
-def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, dict[str, int] | None]:
-    from harness.klp.symbols import SymbolTable, load_symvers
+def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, Exports | None]:
+    from harness.klp.exports import load_exports  # with namespaces (restricted exports)
+    from harness.klp.symbols import SymbolTable
 
     system_map: Path | None = args.system_map
     symvers: Path | None = getattr(args, "symvers", None)
@@ -191,7 +195,7 @@ def _load_target(args: argparse.Namespace, need_symbols: bool) -> tuple[Any, dic
             raise UsageError("no symbol table: give --system-map FILE or --kernel SPEC")
         return None, None
     table = SymbolTable.load(system_map)
-    return table, (load_symvers(symvers) if symvers else None)
+    return table, (load_exports(symvers) if symvers else None)
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -206,7 +210,8 @@ def run_convert(args: argparse.Namespace) -> int:
             "say which symbols to convert: give --symvers FILE (convert what it "
             "does not export), --symbol NAME, or --kernel SPEC"
         )
-    sympos = parse_sympos(args.sympos)
+    files: dict[str, str] = {}  # --sympos NAME@FILE
+    sympos = parse_sympos(args.sympos, files)
     objects = {name: Path(p) for name, p in _pairs(args.object_symbols, "--object-symbols")}
     dst = args.module if args.in_place else args.output
     if not args.in_place and dst.exists() and dst.resolve() == args.module.resolve():
@@ -227,6 +232,8 @@ def run_convert(args: argparse.Namespace) -> int:
             force=args.force,
             guard=not args.no_livepatch_guard,
             versions=exports,
+            sympos_files=files,
+            sources=_sources(kernel),
         )
 
     delivered = deliver(
@@ -249,6 +256,7 @@ def run_convert(args: argparse.Namespace) -> int:
                     "livepatch": report.livepatch,
                     "left_alone": list(report.left_alone),
                     "warnings": list(report.warnings),
+                    "notes": list(report.notes),
                     "guard": report.guard,
                     "compression": delivered.compression,
                     "signed": delivered.signer is not None,
@@ -270,6 +278,8 @@ def run_convert(args: argparse.Namespace) -> int:
         )
         return 0
     if args.verbose:
+        for note in report.notes:
+            print(f"note: {note}")
         for name in report.left_alone:
             print(f"left alone: {printable(name)} (exported by the target)")
         for c in report.converted:
@@ -284,6 +294,15 @@ def run_convert(args: argparse.Namespace) -> int:
             f"{report.relocations} relocations{guard}{_delivery(delivered)}"
         )
     return 0
+
+
+def _sources(kernel: Any) -> Any:
+    """The lookup of a file-based sympos: from --kernel's linked vmlinux, loaded when asked."""
+    if kernel is None:
+        return None
+    from harness.kernels.sourcefiles import SourceFiles
+
+    return SourceFiles(kernel)
 
 
 def _delivery(delivered: Any) -> str:

@@ -119,7 +119,7 @@ def run_make(args: argparse.Namespace) -> int:
                 print(f"  converted {printable(c.klp_name)}: {c.relocations} relocations{at}")
             for name in made.left_alone:
                 print(f"  left alone {printable(name)} (exported)")
-    done = {c.name for made in result.modules for c in made.converted}
+    done = {c.referenced for made in result.modules for c in made.converted}
     for name in sorted(set(sympos) - done):
         printer.warn(f"--sympos {printable(name)}: no module built here converts it; ignored")
     return 0

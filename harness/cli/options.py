@@ -13,19 +13,30 @@ def add_sympos(p: argparse.ArgumentParser) -> None:
         "--sympos",
         action="append",
         default=[],
-        metavar="NAME=N",
-        help="kallsyms position of NAME (1-based; 0 = must be unique)",
+        metavar="NAME=N|NAME@FILE",
+        help="kallsyms position of NAME (1-based; 0 = must be unique), or the NAME that source "
+        "FILE defines (e.g. init_once@fs/inode.c), found in the kernel's linked vmlinux",
     )
 
 
-def parse_sympos(values: list[str]) -> dict[str, int]:
-    """`--sympos NAME=N` values as {NAME: N}; one clear line for anything else."""
+def parse_sympos(values: list[str], files: dict[str, str] | None = None) -> dict[str, int]:
+    """`--sympos NAME=N` values as {NAME: N}; `NAME@FILE` values go into `files` ({NAME: FILE})
+    when the command takes them. One clear line for anything else."""
     out: dict[str, int] = {}
     for value in values:
         name, sep, text = value.partition("=")
+        at_name, at, file = value.partition("@")
+        if at and at_name and file and (not sep or len(at_name) < len(name)):
+            if files is None:
+                raise UsageError(
+                    f"--sympos {printable(value)}: a source file is not taken here; give NAME=N"
+                )
+            files[at_name] = file
+            continue
         if not sep or not name or not text.isdigit():
             raise UsageError(
-                f"--sympos {printable(value)}: expected NAME=N, the position a number >= 0"
+                f"--sympos {printable(value)}: expected NAME=N (the position a number >= 0) "
+                "or NAME@FILE"
             )
         out[name] = int(text)
     return out

@@ -199,11 +199,13 @@ def configure(
     log: Path,
     *,
     printer: Printer | None = None,
+    make_vars: Sequence[str] = (),
 ) -> dict[str, str]:
-    """tinyconfig, merge the fragments, olddefconfig, then check every requested option."""
+    """tinyconfig, merge the fragments, olddefconfig, then check every requested option.
+    `make_vars` (e.g. LLVM=-19) go on every make: Kconfig probes the compiler."""
     printer = printer or Printer()
     objdir.mkdir(parents=True, exist_ok=True)
-    make = ["make", "-C", str(tree), f"O={objdir}"]
+    make = ["make", "-C", str(tree), f"O={objdir}", *make_vars]
     run_logged([*make, "tinyconfig"], log)
     merge = [str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(objdir)]
     run_logged([*merge, str(objdir / ".config"), *map(str, fragments)], log, cwd=tree)

@@ -10,6 +10,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -37,6 +38,25 @@ RECIPE = "1"  # bump when the build steps change: every source kernel is rebuilt
 BZIMAGE = "obj/arch/x86/boot/bzImage"  # in the entry
 JOBS = int(os.environ.get("KLP_HARNESS_BUILD_JOBS", "2"))
 PROGRESS_SECONDS = 60.0
+# A fragment line `# klp-harness-make: VAR=value ...` gives every make of the build (config
+# included) those variables: `LLVM=-19` builds with clang-19/ld.lld-19 (kernels/configs/lto.config).
+_MAKE_LINE = re.compile(r"^#\s*klp-harness-make:(.*)$", re.M)
+_MAKE_VAR = re.compile(r"[A-Z][A-Z0-9_]*=[A-Za-z0-9_./+-]*")
+
+
+def make_variables(fragments: list[Path]) -> list[str]:
+    """The make variables the fragments ask for, in order; a KernelError names a bad one."""
+    found: list[str] = []
+    for path in fragments:
+        for line in _MAKE_LINE.findall(path.read_text(errors="replace")):
+            for word in line.split():
+                if not _MAKE_VAR.fullmatch(word):
+                    raise KernelError(
+                        f"{path}: klp-harness-make: {word!r} is not VAR=value "
+                        "(upper-case name; letters, digits, _ . / + - in the value)"
+                    )
+                found.append(word)
+    return found
 
 
 def _make_output(argv: list[str]) -> str:
@@ -51,9 +71,10 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _build(objdir: Path, log: Path, label: str, printer: Printer) -> float:
+def _build(objdir: Path, log: Path, label: str, printer: Printer, make_vars: list[str]) -> float:
     """`nice make -jN bzImage modules` with a progress line a minute; seconds taken."""
-    argv = ["nice", "-n", "10", "make", f"-j{JOBS}", "-C", str(objdir), "bzImage", "modules"]
+    argv = ["nice", "-n", "10", "make", f"-j{JOBS}", "-C", str(objdir), *make_vars]
+    argv += ["bzImage", "modules"]
     start = time.monotonic()
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(argv)}\n")
@@ -196,13 +217,15 @@ def _build_entry(
         handle.write(f"# klp-harness: {spec.text} from {tree.path}\n")
     start = time.monotonic()
     printer.say(f"configuring {name}: tinyconfig + {', '.join(p.name for p in fragments)}")
-    configure(tree.path, objdir, fragments, log, printer=printer)
-    printer.say(f"building {name} with make -j{JOBS} (log: {log})")
-    seconds = _build(objdir, log, name, printer)
+    make_vars = make_variables(fragments)
+    configure(tree.path, objdir, fragments, log, printer=printer, make_vars=make_vars)
+    printer.say(f"building {name} with make -j{JOBS} {' '.join(make_vars)} (log: {log})")
+    seconds = _build(objdir, log, name, printer, make_vars)
     printer.say(f"built {name} in {seconds / 60:.1f} min")
-    release = _make_output(["make", "-s", "-C", str(objdir), "kernelrelease"])
+    make = ["make", "-C", str(objdir), *make_vars]
+    release = _make_output([*make, "-s", "kernelrelease"])
     modroot = entry / "modroot"
-    run_logged(["make", "-C", str(objdir), f"INSTALL_MOD_PATH={modroot}", "modules_install"], log)
+    run_logged([*make, f"INSTALL_MOD_PATH={modroot}", "modules_install"], log)
     (modroot / "lib/modules" / release).mkdir(parents=True, exist_ok=True)
     bzimage = entry / BZIMAGE
     printer.say(f"recovering the symbol table from {bzimage}")

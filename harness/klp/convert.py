@@ -33,9 +33,13 @@ from harness.klp.elfread import (
     ElfImage,
     cstring,
 )
+from harness.klp.exports import for_module
 from harness.klp.files import printable
 from harness.klp.guard import GUARD_SYMBOL, plan_guard
+from harness.klp.lto import klp_target
 from harness.klp.rewrite import Rewrite
+from harness.klp.safety import check_safety
+from harness.klp.sourcefile import SourceLookup, choose_by_file, read_file_annotations
 from harness.klp.symbols import VMLINUX, SymbolTable, module_name, module_symbols
 from harness.klp.tables import Symbols
 
@@ -55,10 +59,16 @@ class ConvertedSymbol:
     sympos: int
     relocations: int
     address: int | None  # from the symbol table; None when forced or in a module object
+    reference: str = ""  # the module's own name when it differs (clang LTO: foo.llvm.<hash>)
 
     @property
     def klp_name(self) -> str:
         return klp_symbol_name(self.obj, self.name, self.sympos)
+
+    @property
+    def referenced(self) -> str:
+        """The undefined name of the module this converts (modpost's `undefined!` name)."""
+        return self.reference or self.name
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class ConvertReport:
     warnings: tuple[str, ...]
     livepatch: bool
     guard: str | None = None  # the symbol added by the livepatch guard (harness.klp.guard)
+    notes: tuple[str, ...] = ()  # -v: restricted exports converted (harness.klp.exports)
 
     @property
     def relocations(self) -> int:
@@ -108,6 +119,7 @@ class _Choice:
     obj: str
     sympos: int
     address: int | None
+    reference: str = ""  # the module's name, when the kernel's differs (clang LTO)
 
 
 class _Planner:
@@ -124,6 +136,7 @@ class _Planner:
         self.annotations, self.force, self.forced = annotations, force, forced_names
         self.livepatch = img.is_livepatch()
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
     def choose(self, index: int, name: str) -> _Choice:
         path = self.img.label
@@ -177,11 +190,16 @@ class _Planner:
                 raise SymposRangeError(f"{path}: {msg}")
             self.warnings.append(f"{msg}; converted anyway (--force)")
             return _Choice(index, name, obj, explicit, None)
-        res = self.symtab.resolve(name, explicit, obj)
+        klp, explicit = klp_target(cands, name, explicit)  # clang LTO: foo -> foo.llvm.<hash>
+        reference = name if klp != name else ""
+        if reference:
+            self.notes.append(f"'{shown}' is {printable(klp)},{explicit} in {where} (clang LTO)")
+            self.warnings += check_names(path, obj, klp)
+        res = self.symtab.resolve(klp, explicit, obj)
         if not res.ok and res.status == "not-found":
             self.warnings.append(f"{where}: {printable(res.message)}; the kernel will refuse it")
-        relative = obj in self.symtab.relative
-        return _Choice(index, name, obj, explicit, None if relative else res.address)
+        address = None if obj in self.symtab.relative else res.address
+        return _Choice(index, klp, obj, explicit, address, reference)
 
     def _object_of(self, name: str) -> str:
         if self.symtab.candidates(name, VMLINUX):
@@ -208,11 +226,15 @@ def convert_module(
     force: bool = False,
     guard: bool = True,
     versions: Mapping[str, int] | None = None,
+    sympos_files: Mapping[str, str] | None = None,
+    sources: SourceLookup | None = None,
 ) -> ConvertReport:
     """Convert `src` into `dst` (may be the same path). See the module docstring.
 
     With `guard`, a converted module also gets the livepatch guard (harness.klp.guard);
-    `versions` are the target's Module.symvers CRCs for its __versions entry."""
+    `versions` are the target's Module.symvers CRCs for its __versions entry.
+    `sympos_files` ({name: source file}) and KLP_SYMPOS_FILE annotations choose positions
+    by source file, through `sources` (harness.klp.sourcefile)."""
     if exports is None and not symbols:
         raise UsageError(
             "say which symbols to convert: give a Module.symvers (exports) or symbol names"
@@ -227,10 +249,14 @@ def convert_module(
         symtab.add_object(module_name(obj), module_symbols(Path(path)))
     syms = img.symbols()
     strtab = img.strtab()
+    seen = for_module(img, exports)  # exports restricted to other modules are not usable
+    exports = seen.usable
     annotations, dropped = read_annotations(img, syms, strtab)
+    by_file, file_sections = read_file_annotations(img, syms, strtab)
+    dropped |= file_sections
     stale = stale_references(img, syms, strtab, dropped) if dropped else {}
     wanted = set(symbols or ())
-    undefined = _undefined(syms, strtab, weak=bool(wanted) or bool(annotations))
+    undefined = _undefined(syms, strtab, weak=bool(wanted) or bool(annotations) or bool(by_file))
     existing = {k.name for n in _klp_names(syms, strtab) if (k := parse_klp_symbol(n))}
     left_alone: list[str] = []
     todo: dict[str, int] = {}
@@ -254,7 +280,7 @@ def convert_module(
     warnings = [
         f"--sympos {printable(n)}: not converted here, ignored"
         for n in sorted(set(sympos) - set(todo))
-    ]
+    ] + list(seen.warnings)
     if not todo and not dropped:
         already = bool(existing)
         if not already:
@@ -264,8 +290,15 @@ def convert_module(
         return ConvertReport(
             src, dst, (), tuple(left_alone), already, tuple(warnings), img.is_livepatch()
         )
+    chosen, file_notes, file_warnings = choose_by_file(
+        img.label, todo, sympos_files or {}, by_file, sympos,
+        lambda n: len(symtab.candidates(n)), sources,
+    )  # fmt: skip
+    sympos.update(chosen)
+    warnings += file_warnings
     planner = _Planner(img, symtab, sympos, annotations, force, wanted)
     choices = [planner.choose(idx, name) for name, idx in sorted(todo.items())]
+    check_safety(img, syms, strtab, {c.index: c.obj for c in choices})
     plan = plan_guard(img, syms, strtab, versions) if guard and choices else None
     rewrite = Rewrite(img, syms, dropped)
     rewrite.discard(stale)
@@ -278,7 +311,8 @@ def convert_module(
             rewrite.append(index, data)
     rewrite.write(dst, mode=src.stat().st_mode & 0o777)
     converted = tuple(
-        ConvertedSymbol(c.obj, c.name, c.sympos, counts.get(c.index, 0), c.address) for c in choices
+        ConvertedSymbol(c.obj, c.name, c.sympos, counts.get(c.index, 0), c.address, c.reference)
+        for c in choices
     )
     return ConvertReport(
         src,
@@ -289,6 +323,7 @@ def convert_module(
         tuple(warnings + planner.warnings),
         planner.livepatch,
         plan.symbol if plan else None,
+        seen.notes + tuple(planner.notes) + tuple(file_notes),
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from harness.errors import SymbolFileError
+from harness.klp import lto
 from harness.klp.files import printable, read_regular
 
 VMLINUX = "vmlinux"
@@ -26,9 +27,14 @@ class Candidate:
     position: int  # 1-based, as a klp sympos names it
     address: int
     type: str  # nm-style letter
+    # clang LTO (harness.klp.lto), when some namesake is `<name>.llvm.<hash>`: the name the
+    # kernel needs (suffixed or not) and its position among symbols of exactly that name.
+    name: str = ""
+    sympos: int = 0
 
     def describe(self) -> str:
-        return f"{self.position} ({printable(self.type)} {self.address:#018x})"
+        full = f" {printable(self.name)},{self.sympos}" if self.name else ""
+        return f"{self.position}{full} ({printable(self.type)} {self.address:#018x})"
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,18 @@ class SymbolTable:
         return obj in self.objects
 
     def candidates(self, name: str, obj: str = VMLINUX) -> list[Candidate]:
+        """What a module's reference to `name` may mean: its symbols, and on a clang LTO
+        kernel also each `name.llvm.<hash>` (address order, their full names in .name)."""
+        objmap = self.objects.get(obj, {})
+        if found := lto.namesakes(objmap, name):
+            return [
+                Candidate(i, addr, kind, full, pos)
+                for i, (full, pos, addr, kind) in enumerate(found, 1)
+            ]
+        return self.exact(name, obj)
+
+    def exact(self, name: str, obj: str = VMLINUX) -> list[Candidate]:
+        """The symbols named exactly `name`: what the kernel's resolver matches."""
         entries = self.objects.get(obj, {}).get(name, [])
         return [Candidate(i, addr, kind) for i, (addr, kind) in enumerate(entries, 1)]
 
@@ -148,7 +166,13 @@ class SymbolTable:
         return [obj for obj, names in self.objects.items() if name in names]
 
     def resolve(self, name: str, sympos: int, obj: str = VMLINUX) -> Resolution:
-        return resolve(self.candidates(name, obj), name, sympos, obj, relative=obj in self.relative)
+        """What the kernel does with the klp symbol `name,sympos`: exact names only."""
+        res = resolve(self.exact(name, obj), name, sympos, obj, relative=obj in self.relative)
+        if res.status == "not-found" and (
+            hint := lto.not_found_hint(self.objects.get(obj, {}), name)
+        ):
+            return Resolution(res.status, res.address, res.candidates, res.message + hint)
+        return res
 
 
 def resolve(

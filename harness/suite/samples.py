@@ -217,9 +217,12 @@ def _convert(data: object, where: str) -> ConvertOptions:
     _check_keys(data, {"symbols", "sympos", "force", "object_symbols"}, where)
     sympos = data.get("sympos", {})
     if not isinstance(sympos, dict) or not all(
-        (type(v) is int and v >= 0) or v == "last" for v in sympos.values()
+        (type(v) is int and v >= 0) or (isinstance(v, str) and v.strip() == v != "")
+        for v in sympos.values()
     ):
-        raise ExpectationError(f'{where}.sympos: maps symbol names to positions >= 0 or "last"')
+        raise ExpectationError(
+            f'{where}.sympos: maps symbol names to positions >= 0, "last" or a source file'
+        )
     objects = data.get("object_symbols", {})
     if not isinstance(objects, dict) or not all(isinstance(v, str) for v in objects.values()):
         raise ExpectationError(f"{where}.object_symbols: maps module names to sample names")

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Reach the last of several vmlinux symbols with one name through a klp relocation:
- * expect.toml asks for sympos "last", which the harness turns into the highest
- * position of init_once in the target kernel's symbol table at build time
- * (7 on Debian 5.10 and 6.1, 8 on 6.12, 10 on 7.3).
+ * Reach the last of several vmlinux symbols with one name through a klp relocation,
+ * chosen in the source by the file that defines it: the init_once of net/socket.c,
+ * which every kernel of the matrix links after all the others (4th of 4 in the
+ * source-built 6.1, 5th of 5 in the source-built 7.3, 7th on Debian 5.10 and 6.1, 8th
+ * on 6.12, 10th on Debian 7.x). The KLP_SYMPOS_FILE annotation below
+ * (harness/include/klp_convert.h) names the file; the converter finds its position in
+ * each kernel's linked vmlinux and removes the array.
  *
  * The module is built without knowing that number, so it finds the position of the
  * address it got at run time: it counts the vmlinux symbols named init_once with
@@ -20,10 +23,15 @@
 #include <linux/string.h>
 #include <linux/version.h>
 
+#include <klp_convert.h>
 #include <klp_sample.h>
 
 /* Any prototype: only the address is used. */
 extern void init_once(void *foo);
+
+KLP_MODULE_RELOC_FILE(vmlinux) klp_sympos_last_files[] = {
+	KLP_SYMPOS_FILE(init_once, "net/socket.c"),
+};
 
 struct klp_sympos_count {
 	unsigned long addr;	/* what the klp relocation gave us */
@@ -79,7 +87,7 @@ static int __init klp_sympos_last_init(void)
 		       c.pos, c.count);
 		return -EINVAL;
 	}
-	pr_info("klp_sympos_last: init_once,%d is the last of %d, at %pS\n",
+	pr_info("klp_sympos_last: init_once,%d (net/socket.c) is the last of %d, at %pS\n",
 		c.pos, c.count, (void *)c.addr);
 	return 0;
 }
@@ -91,5 +99,5 @@ static void __exit klp_sympos_last_exit(void)
 
 module_init(klp_sympos_last_init);
 module_exit(klp_sympos_last_exit);
-MODULE_DESCRIPTION("klp-harness sample: the last of several init_once symbols (sympos \"last\")");
+MODULE_DESCRIPTION("klp-harness sample: the last init_once, chosen by its source file (KLP_SYMPOS_FILE)");
 MODULE_LICENSE("GPL");
