@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from packaged_data import SIGNED_MODULE, TARGET_61, TARGET_612, XZ_MODULE
 
 from harness import errors
 from harness.build.sign import MAGIC, SignatureError, unsigned
@@ -23,13 +24,7 @@ from harness.klp import compressed, elfread
 from harness.klp.compressed import CompressionError, decompress
 from harness.klp.elfread import ElfImage
 
-DATA = Path(__file__).parent / "data" / "packaged"
-XZ_MODULE = DATA / "xsk_diag-6.12.95+deb12.ko.xz"
-SIGNED_MODULE = DATA / "tcp_vegas-6.1.0-57.ko"
-TARGET = ["--system-map", str(DATA / "kallsyms-6.12.95+deb12.excerpt")]
-TARGET += ["--symvers", str(DATA / "Module.symvers-6.12.95+deb12.excerpt")]
-TARGET_61 = ["--system-map", str(DATA / "kallsyms-6.1.0-57.excerpt")]
-TARGET_61 += ["--symvers", str(DATA / "Module.symvers-6.1.0-57.excerpt")]
+TARGET = TARGET_612
 CHECKS = {".xz": ["xz", "-t"], ".zst": ["zstd", "-q", "-t"], ".gz": ["gzip", "-t"]}
 
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from packaged_data import SIGNED_MODULE, TARGET_61, XZ_MODULE
 
 from harness import errors
 from harness.build.deliver import unsigned_warning
@@ -26,13 +27,6 @@ from harness.build.sign import (
 from harness.cli.main import main
 from harness.kernels.kernel import Kernel
 
-DATA = Path(__file__).parent / "data" / "packaged"
-SIGNED_MODULE = DATA / "tcp_vegas-6.1.0-57.ko"
-XZ_MODULE = DATA / "xsk_diag-6.12.95+deb12.ko.xz"
-TARGET_61 = ["--system-map", str(DATA / "kallsyms-6.1.0-57.excerpt")]
-TARGET_61 += ["--symvers", str(DATA / "Module.symvers-6.1.0-57.excerpt")]
-TARGET_612 = ["--system-map", str(DATA / "kallsyms-6.12.95+deb12.excerpt")]
-TARGET_612 += ["--symvers", str(DATA / "Module.symvers-6.12.95+deb12.excerpt")]
 SUBJECT = "klp-harness test key"
 
 pytestmark = pytest.mark.skipif(
