@@ -109,10 +109,16 @@ def test_usermod_gets_the_default_expectation(tmp_path: Path) -> None:
     assert (sample.name, sample.module, sample.path) == ("usermod", "mymod", USERMOD)
     on_61 = sample.expectation(fake_kernel(tmp_path, "6.1.0", "CONFIG_LIVEPATCH=y\n"))
     assert (on_61.outcome, on_61.taint, on_61.checks, on_61.dmesg) == ("pass", "", (), ())
-    no_lp = sample.expectation(fake_kernel(tmp_path, "6.1.0", "CONFIG_LIVEPATCH=n\n"))
+    no_lp_config = "CONFIG_KALLSYMS_ALL=y\n# CONFIG_LIVEPATCH is not set\n"
+    no_lp = sample.expectation(fake_kernel(tmp_path, "6.1.0", no_lp_config))
     # without livepatch: the guard's refusal, named by the loader's own line
     assert no_lp.outcome == "refused" and "CONFIG_LIVEPATCH" in no_lp.reason
     assert no_lp.dmesg == (r"mymod: Unknown symbol klp_enable_patch \(err -2\)",)
+    # without KALLSYMS_ALL (so without LIVEPATCH): kallsyms has no data to convert against
+    no_all = sample.expectation(
+        fake_kernel(tmp_path, "6.1.0", "# CONFIG_KALLSYMS_ALL is not set\n")
+    )
+    assert no_all.outcome == "not-applicable" and "CONFIG_KALLSYMS_ALL" in no_all.reason
     old = sample.expectation(fake_kernel(tmp_path, "5.4.0", "CONFIG_LIVEPATCH=y\n"))
     assert old.outcome == "not-applicable" and "5.8" in old.reason
     assert find_sample(str(USERMOD)) == sample

@@ -8,13 +8,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from harness.errors import ExpectationError
 from harness.kernels.kernel import Kernel
 from harness.klp.guard import GUARD_SYMBOL
 from harness.paths import MODULES_DIR
 from harness.suite.kbuild import declares_livepatch, kbuild_modules
+from harness.suite.tomlcheck import check_keys, regexes, strings, typed, version
 
 # What an expect.toml says a module should do on a kernel.
 Expected = Literal["pass", "refused", "not-applicable"]
@@ -100,72 +101,18 @@ def _dotted(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
 
 
-def _version(text: object, where: str) -> tuple[int, ...]:
-    if not isinstance(text, str) or not re.fullmatch(r"\d+(\.\d+){0,2}", text):
-        raise ExpectationError(f'{where}: kernel version must look like "5.10", got {text!r}')
-    return tuple(int(p) for p in text.split("."))
-
-
-def _strings(value: object, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ExpectationError(f"{where}: expected a list of strings")
-    return tuple(value)
-
-
-def _regexes(value: object, where: str) -> tuple[str, ...]:
-    patterns = _strings(value, where)
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise ExpectationError(f"{where}: bad regex {pattern!r}: {err}") from None
-    return patterns
-
-
-_KINDS = {str: "a string", int: "an integer", bool: "true or false"}
-
-
-def _toml(value: object) -> str:
-    """A value as TOML spells it, for error messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "an array"
-    return "a table" if isinstance(value, dict) else type(value).__name__
-
-
-def _typed(table: Mapping[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
-    """`table[key]` (else `default`) of exactly type `kind` (a boolean is no integer)."""
-    value = table.get(key, default)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ExpectationError(f"{where}: `{key}` must be {_KINDS[kind]}, got {_toml(value)}")
-    return value
-
-
-def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise ExpectationError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-
-
 def _condition(data: object, where: str) -> Condition:
     if data is None:
         return Condition()
     if not isinstance(data, dict):
         raise ExpectationError(f"{where}: `when` must be a table")
-    _check_keys(data, {"min_kernel", "max_kernel", "config"}, where)
+    check_keys(data, {"min_kernel", "max_kernel", "config"}, where)
     config = data.get("config", {})
     if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
         raise ExpectationError(f'{where}: `when.config` maps options to "y"/"m"/"n"')
     return Condition(
-        min_kernel=_version(data["min_kernel"], where) if "min_kernel" in data else None,
-        max_kernel=_version(data["max_kernel"], where) if "max_kernel" in data else None,
+        min_kernel=version(data["min_kernel"], where) if "min_kernel" in data else None,
+        max_kernel=version(data["max_kernel"], where) if "max_kernel" in data else None,
         config={k.removeprefix("CONFIG_"): v for k, v in config.items()},
     )
 
@@ -173,12 +120,12 @@ def _condition(data: object, where: str) -> Condition:
 def _check(data: object, where: str) -> GuestCheck:
     if not isinstance(data, dict) or not isinstance(data.get("cmd"), str):
         raise ExpectationError(f'{where}: a check needs `cmd = "..."`')
-    _check_keys(data, {"cmd", "output", "dmesg", "status"}, where)
-    status = _typed(data, "status", int, 0, where)
+    check_keys(data, {"cmd", "output", "dmesg", "status"}, where)
+    status = typed(data, "status", int, 0, where)
     return GuestCheck(
         cmd=data["cmd"],
-        output=_regexes(data.get("output"), f"{where}.output"),
-        dmesg=_regexes(data.get("dmesg"), f"{where}.dmesg"),
+        output=regexes(data.get("output"), f"{where}.output"),
+        dmesg=regexes(data.get("dmesg"), f"{where}.dmesg"),
         status=status,
     )
 
@@ -187,7 +134,7 @@ def _expectation(data: object, where: str) -> tuple[Condition, Expectation]:
     if not isinstance(data, dict):
         raise ExpectationError(f"{where}: must be a table")
     allowed = {"when", "outcome", "reason", "dmesg", "resolved", "check", "rmmod_dmesg", "taint"}
-    _check_keys(data, allowed, where)
+    check_keys(data, allowed, where)
     outcome = next((o for o in OUTCOMES if o == data.get("outcome")), None)
     if outcome is None:
         raise ExpectationError(f"{where}: outcome must be one of {', '.join(OUTCOMES)}")
@@ -199,11 +146,11 @@ def _expectation(data: object, where: str) -> tuple[Condition, Expectation]:
         raise ExpectationError(f'{where}: `taint` is a string of taint letters, e.g. "K"')
     expectation = Expectation(
         outcome=outcome,
-        reason=_typed(data, "reason", str, "", where),
-        dmesg=_regexes(data.get("dmesg"), f"{where}.dmesg"),
-        resolved=_strings(data.get("resolved"), f"{where}.resolved"),
+        reason=typed(data, "reason", str, "", where),
+        dmesg=regexes(data.get("dmesg"), f"{where}.dmesg"),
+        resolved=strings(data.get("resolved"), f"{where}.resolved"),
         checks=tuple(_check(c, f"{where}.check[{i}]") for i, c in enumerate(checks)),
-        rmmod_dmesg=_regexes(data.get("rmmod_dmesg"), f"{where}.rmmod_dmesg"),
+        rmmod_dmesg=regexes(data.get("rmmod_dmesg"), f"{where}.rmmod_dmesg"),
         taint=taint,
     )
     return _condition(data.get("when"), where), expectation
@@ -214,7 +161,7 @@ def _convert(data: object, where: str) -> ConvertOptions:
         return ConvertOptions()
     if not isinstance(data, dict):
         raise ExpectationError(f"{where}: must be a table")
-    _check_keys(data, {"symbols", "sympos", "force", "object_symbols"}, where)
+    check_keys(data, {"symbols", "sympos", "force", "object_symbols"}, where)
     sympos = data.get("sympos", {})
     if not isinstance(sympos, dict) or not all(
         (type(v) is int and v >= 0) or (isinstance(v, str) and v.strip() == v != "")
@@ -227,9 +174,9 @@ def _convert(data: object, where: str) -> ConvertOptions:
     if not isinstance(objects, dict) or not all(isinstance(v, str) for v in objects.values()):
         raise ExpectationError(f"{where}.object_symbols: maps module names to sample names")
     return ConvertOptions(
-        symbols=_strings(data.get("symbols"), f"{where}.symbols"),
+        symbols=strings(data.get("symbols"), f"{where}.symbols"),
         sympos=dict(sympos),
-        force=_typed(data, "force", bool, False, where),
+        force=typed(data, "force", bool, False, where),
         object_symbols=dict(objects),
     )
 
@@ -254,7 +201,7 @@ def sample_from_text(path: Path, text: str) -> Sample:
     except tomllib.TOMLDecodeError as err:
         raise ExpectationError(f"{file}: not valid TOML: {err}") from None
     where = str(file)
-    _check_keys(
+    check_keys(
         data,
         {"description", "module", "min_kernel", "convert", "expect", "requires", "timeout"},
         where,
@@ -276,11 +223,11 @@ def sample_from_text(path: Path, text: str) -> Sample:
         name=dir_name(path),
         path=path.resolve(),
         module=module,
-        description=_typed(data, "description", str, "", where),
-        min_kernel=_version(data["min_kernel"], where) if "min_kernel" in data else None,
+        description=typed(data, "description", str, "", where),
+        min_kernel=version(data["min_kernel"], where) if "min_kernel" in data else None,
         convert=_convert(data.get("convert"), f"{where}: [convert]"),
         cases=tuple(_expectation(c, f"{where}: expect[{i}]") for i, c in enumerate(cases)),
-        requires=_strings(data.get("requires"), f"{where}: requires"),
+        requires=strings(data.get("requires"), f"{where}: requires"),
         timeout=float(timeout),
     )
 
@@ -319,6 +266,9 @@ def find_sample(name_or_path: str) -> Sample:
 # livepatch module is refused by the loader itself.
 GUARD_REASON = "the livepatch guard: klp_enable_patch is exported only with CONFIG_LIVEPATCH"
 LIVEPATCH_DISABLED = "module is marked as livepatch module, but livepatch support is disabled"
+# LIVEPATCH depends on KALLSYMS_ALL: without it no klp relocation works, and kallsyms lists
+# no data symbols, so the conversion of one a module reads is refused before any load.
+NO_KALLSYMS_ALL = "CONFIG_KALLSYMS_ALL is off (and so CONFIG_LIVEPATCH): no data in kallsyms"
 
 
 def no_livepatch_expectation(module: str, livepatch: bool) -> Expectation:
@@ -383,6 +333,10 @@ def default_samples(path: Path) -> list[Sample]:
             min_kernel=None if livepatch else KLP_FOR_MODULES,
             convert=ConvertOptions(),
             cases=(
+                (
+                    Condition(config={"KALLSYMS_ALL": "n", "LIVEPATCH": "n"}),
+                    Expectation("not-applicable", NO_KALLSYMS_ALL),
+                ),
                 (Condition(config={"LIVEPATCH": "n"}), no_livepatch_expectation(module, livepatch)),
                 (Condition(), default_expectation(module, livepatch)),
             ),
