@@ -54,7 +54,7 @@ def _no_symtab(data: bytearray) -> None:
 EDITS: dict[str, Callable[[bytearray], None]] = {
     "class32": lambda d: d.__setitem__(4, 1),
     "bigendian": lambda d: d.__setitem__(5, 2),
-    "aarch64": lambda d: struct.pack_into("<H", d, 0x12, 183),
+    "riscv": lambda d: struct.pack_into("<H", d, 0x12, 243),
     "exec": lambda d: struct.pack_into("<H", d, 0x10, 2),
     "nosymtab": _no_symtab,
 }
@@ -64,7 +64,7 @@ CASES = [  # (case, module, extra args, error class, text in the message)
     ("truncated", "trunc", [], errors.NotElfError, "truncated"),
     ("class32", "class32", [], errors.UnsupportedElfError, "only x86-64"),
     ("bigendian", "bigendian", [], errors.UnsupportedElfError, "only x86-64"),
-    ("machine", "aarch64", [], errors.UnsupportedElfError, "machine EM_AARCH64; only x86-64"),
+    ("machine", "riscv", [], errors.UnsupportedElfError, "machine EM_RISCV; only x86-64"),
     ("not-rel", "exec", [], errors.UnsupportedElfError, "ELF type ET_EXEC, expected a relocatable"),
     ("no-symtab", "nosymtab", [], errors.NoSymtabError, "no symbol table"),
     ("missing", "missing", [], errors.FileReadError, "cannot read"),

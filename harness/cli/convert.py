@@ -33,7 +33,9 @@ def register(sub: Any) -> None:
         description="Rewrite a module (<mod>.o before modpost, or .ko) so every reference to an "
         "unexported kernel symbol becomes a klp relocation the kernel (>= 5.8) resolves at load.",
     )
-    p.add_argument("module", type=Path, help="x86-64 relocatable ELF (.o or .ko)")
+    p.add_argument(
+        "module", type=Path, help="x86-64 or AArch64 relocatable ELF (.o, .ko, .ko.xz, ...)"
+    )
     p.add_argument("-o", "--output", type=Path, help="output file (written atomically)")
     p.add_argument("-i", "--in-place", action="store_true", help="rewrite MODULE itself")
     _target_args(p)

@@ -1,5 +1,5 @@
 """The kernel's klp relocation ABI, shared by convert, rewrite and inspect: names, markers and
-the relocation types the x86-64 module loader applies."""
+the relocation types each machine's module loader applies (harness.klp.machines)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from harness.klp.elfread import (
     SHF_RELA_LIVEPATCH,
     SHT_NOBITS,
     ElfImage,
-    reloc_name,
 )
 from harness.klp.files import printable
+from harness.klp.machines import X86_64
 from harness.klp.tables import Relas
 
 KLP_SYM_PREFIX = ".klp.sym."
@@ -30,9 +30,10 @@ KSYM_NAME_MAX_OLD = 127  # before v6.1
 
 # The relocation types x86-64's apply_relocate_add() applies (arch/x86/kernel/module.c), with
 # the width of the field each writes; on any other type the module fails to load.
-LOADER_RELOCS = {0: 0, 1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}  # NONE 64 PC32 PLT32 32 32S PC64
-LOADER_RELOC_NAMES = frozenset(reloc_name(rtype) for rtype in LOADER_RELOCS)
-REFUSED_BY_LOADER = "is refused by the x86-64 module loader"
+# (Other machines: harness.klp.machines; ElfImage.machine is the file's.)
+LOADER_RELOCS = X86_64.loader  # NONE 64 PC32 PLT32 32 32S PC64
+LOADER_RELOC_NAMES = X86_64.accepted_names
+REFUSED_BY_LOADER = X86_64.refused
 
 # kernel: sscanf(name, ".klp.sym.%55[^.].%511[^,],%lu"); the number may be followed by anything.
 _KLP_SYM = re.compile(r"\.klp\.sym\.([^.]{1,55})\.([^,]{1,511}),(\d+)")
@@ -100,12 +101,14 @@ def check_relocations(img: ElfImage, index: int, moved: Relas, names: Callable[[
     sec = img.sections[index]
     target = img.sections[sec.info]
     types = moved.types()
-    if not set(types).issubset(LOADER_RELOCS):
-        i = next(i for i, rtype in enumerate(types) if rtype not in LOADER_RELOCS)
+    machine = img.machine
+    loader = machine.loader
+    if not set(types).issubset(loader):
+        i = next(i for i, rtype in enumerate(types) if rtype not in loader)
         offset = moved.offsets()[i]
         raise RelocationTypeError(
-            f"{img.label}: {sec.label}+{offset:#x}: {reloc_name(types[i])} against "
-            f"'{printable(names(moved.symbols()[i]))}' {REFUSED_BY_LOADER}"
+            f"{img.label}: {sec.label}+{offset:#x}: {machine.reloc_name(types[i])} against "
+            f"'{printable(names(moved.symbols()[i]))}' {machine.refused}"
         )
     if target.type == SHT_NOBITS and len(moved):
         raise NotElfError(f"{img.label}: relocations in {sec.label} against a NOBITS section")
@@ -113,6 +116,6 @@ def check_relocations(img: ElfImage, index: int, moved: Relas, names: Callable[[
     # the common case at C speed: even the widest field at the largest offset fits
     if not offsets or max(offsets) + 8 <= target.size:
         return
-    widths = map(LOADER_RELOCS.__getitem__, types)
+    widths = map(loader.__getitem__, types)
     if any(off + width > target.size for off, width in zip(offsets, widths, strict=True)):
         raise NotElfError(f"{img.label}: a relocation in {sec.label} is outside {target.label}")

@@ -1,4 +1,4 @@
-"""Reading x86-64 relocatable ELF files (a linked `<mod>.o` or a `.ko`).
+"""Reading x86-64 and AArch64 relocatable ELF files (a linked `<mod>.o` or a `.ko`).
 
 Standard library only: the ELF header and section headers are unpacked with struct, the
 symbol and relocation tables are read through harness.klp.tables (in bulk, at C speed, and
@@ -16,6 +16,7 @@ from pathlib import Path
 from harness.errors import NoSymtabError, NotElfError, UnsupportedElfError
 from harness.klp.compressed import MAGICS, read_module
 from harness.klp.files import printable
+from harness.klp.machines import MACHINES, SUPPORTED, X86_64, Machine
 from harness.klp.tables import MAX_CHAR, RELA_SIZE, SYM_SIZE, Relas, Symbols
 
 SHN_UNDEF = 0
@@ -39,28 +40,11 @@ MAX_ALIGN = 1 << 20  # larger alignments only appear in corrupted files
 MODULE_LIMIT = 1 << 30  # a debug build's .ko can pass 100 MiB; refuse what cannot be one
 
 R_X86_64_NONE, R_X86_64_64 = 0, 1
-RELOC_NAMES = {
-    0: "R_X86_64_NONE",
-    1: "R_X86_64_64",
-    2: "R_X86_64_PC32",
-    3: "R_X86_64_GOT32",
-    4: "R_X86_64_PLT32",
-    5: "R_X86_64_COPY",
-    9: "R_X86_64_GOTPCREL",
-    10: "R_X86_64_32",
-    11: "R_X86_64_32S",
-    12: "R_X86_64_16",
-    13: "R_X86_64_PC16",
-    14: "R_X86_64_8",
-    15: "R_X86_64_PC8",
-    24: "R_X86_64_PC64",
-    41: "R_X86_64_GOTPCRELX",
-    42: "R_X86_64_REX_GOTPCRELX",
-}
+RELOC_NAMES = X86_64.names
 
 
-def reloc_name(rtype: int) -> str:
-    return RELOC_NAMES.get(rtype, f"type {rtype}")
+def reloc_name(rtype: int, machine: Machine = X86_64) -> str:
+    return machine.reloc_name(rtype)
 
 
 # e_ident[16], e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, e_flags, e_ehsize,
@@ -104,7 +88,8 @@ def cstring(table: bytes | bytearray, offset: int) -> str:
 
 
 class ElfImage:
-    """One validated ELF64 little-endian x86-64 ET_REL file held in memory."""
+    """One validated ELF64 little-endian ET_REL file of a machine in harness.klp.machines,
+    held in memory."""
 
     def __init__(self, path: Path, data: bytes) -> None:
         self.path = path
@@ -143,7 +128,7 @@ class ElfImage:
             raise NotElfError(f"{self.label}: not an ELF file")
         if len(self.data) < 16:
             raise self._fail("truncated ELF identification")
-        only = "only x86-64 (ELF64 little-endian) is supported"
+        only = SUPPORTED
         eclass, edata = self.data[4], self.data[5]
         if eclass == 1:
             raise UnsupportedElfError(f"{self.label}: 32-bit ELF; {only}")
@@ -158,11 +143,11 @@ class ElfImage:
         fields = _EHDR.unpack_from(self.data)
         etype, machine, self.shoff = fields[1], fields[2], fields[6]
         self.shentsize, self.shnum, self.shstrndx = fields[11], fields[12], fields[13]
-        if machine != EM_X86_64:
+        if machine not in MACHINES:
             raise UnsupportedElfError(
-                f"{self.label}: machine {_MACHINES.get(machine, machine)}; "
-                "only x86-64 (ELF64 little-endian) is supported"
+                f"{self.label}: machine {_MACHINES.get(machine, machine)}; {SUPPORTED}"
             )
+        self.machine: Machine = MACHINES[machine]
         if etype != ET_REL:
             raise UnsupportedElfError(
                 f"{self.label}: ELF type {_TYPES.get(etype, etype)}, expected a relocatable "

@@ -13,8 +13,6 @@ from typing import Any
 
 from harness.klp.abi import (
     KSYM_NAME_MAX_OLD,
-    LOADER_RELOC_NAMES,
-    REFUSED_BY_LOADER,
     is_klp_rela,
     parse_klp_rela,
     parse_klp_symbol,
@@ -23,9 +21,9 @@ from harness.klp.elfread import (
     SHN_LIVEPATCH,
     ElfImage,
     cstring,
-    reloc_name,
 )
 from harness.klp.files import printable
+from harness.klp.machines import X86_64, machine_of
 from harness.klp.symbols import VMLINUX, SymbolTable
 
 
@@ -92,7 +90,7 @@ def inspect_module(path: Path, symtab: SymbolTable | None = None) -> list[KlpRel
                     parsed.obj if parsed else "",
                     parsed.name if parsed else full,
                     parsed.sympos if parsed else 0,
-                    reloc_name(rtype),
+                    img.machine.reloc_name(rtype),
                     off,
                     add,
                     syms.shndx[idx] == SHN_LIVEPATCH,
@@ -139,11 +137,12 @@ def _verdict(rels: list[KlpReloc], symtab: SymbolTable | None, livepatch: bool) 
         )
     if not first.object:
         return v("malformed", f"symbol {symbol} has an incorrectly formatted name")
-    bad = [r for r in rels if r.type not in LOADER_RELOC_NAMES]
+    machine = machine_of(first.type)  # the type names say which loader applies them
+    bad = [r for r in rels if r.type not in machine.accepted_names]
     if bad:
         return v(
             "bad-type",
-            f"{bad[0].type} in {printable(bad[0].section)}+{bad[0].offset:#x} " + REFUSED_BY_LOADER,
+            f"{bad[0].type} in {printable(bad[0].section)}+{bad[0].offset:#x} " + machine.refused,
         )
     module_secs = sorted({r.section_object for r in rels if r.section_object != VMLINUX})
     if module_secs and not livepatch:
@@ -169,14 +168,16 @@ def _verdict(rels: list[KlpReloc], symtab: SymbolTable | None, livepatch: bool) 
 
 
 def format_table(relocs: list[KlpReloc], verdict_list: list[Verdict] | None) -> str:
+    # x86-64's columns as they always were; AArch64's longer type names widen theirs
+    tw = max([15] + [len(r.type) for r in relocs if machine_of(r.type) is not X86_64])
     lines = [
-        f"{'object':<10} {'symbol':<32} {'pos':>3} {'type':<15} {'section':<28} "
+        f"{'object':<10} {'symbol':<32} {'pos':>3} {'type':<{tw}} {'section':<28} "
         f"{'offset':>10} {'addend':>6}"
     ]
     for r in relocs:
         obj, name, target = printable(r.object or "?"), printable(r.name), printable(r.target)
         lines.append(
-            f"{obj:<10} {name:<32} {r.sympos:>3} {r.type:<15} "
+            f"{obj:<10} {name:<32} {r.sympos:>3} {r.type:<{tw}} "
             f"{target:<28} {r.offset:>#10x} {r.addend:>6}"
         )
     if verdict_list is not None:

@@ -133,7 +133,7 @@ class Rewrite:
             if sec.type == SHT_REL and sec.size:
                 raise UnsupportedElfError(
                     f"{img.path}: {sec.name}: SHT_REL relocations are "
-                    "not used on x86-64 and not supported"
+                    f"not used on {img.machine.label} and not supported"
                 )
             if sec.type != SHT_RELA:
                 continue
