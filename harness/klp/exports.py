@@ -22,10 +22,9 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import SymbolFileError
 from harness.klp.elfread import ElfImage
-from harness.klp.files import printable, read_regular
-from harness.klp.symbols import SYMBOL_FILE_LIMIT, load_symvers, module_name
+from harness.klp.files import printable
+from harness.klp.symbols import module_name, symvers_lines
 
 MODULE_NS_PREFIX = "module:"
 
@@ -66,18 +65,7 @@ class Exports(Mapping[str, int]):
 
 def load_exports(path: Path) -> Exports:
     """Module.symvers read with every field; the checks and errors of load_symvers()."""
-    crcs = load_symvers(path)  # validates the file (one clear line per bad one)
-    what = f"{printable(path)}: cannot read Module.symvers"
-    text = read_regular(path, SYMBOL_FILE_LIMIT, what=what).decode("latin-1")
-    info: dict[str, Export] = {}
-    for line in text.splitlines():
-        fields = line.split("\t")
-        if len(fields) < 4 or fields[1] not in crcs:
-            continue
-        namespace = fields[4] if len(fields) > 4 else ""
-        info[fields[1]] = Export(fields[1], crcs[fields[1]], fields[2], fields[3], namespace)
-    if set(info) != set(crcs):  # the file changed between the two reads
-        raise SymbolFileError(f"{printable(path)}: changed while being read")
+    info = {e.name: Export(*e) for e in symvers_lines(path)}
     return Exports(info, printable(path))
 
 

@@ -227,14 +227,22 @@ def module_name(name: str) -> str:
     return stem.replace("-", "_")
 
 
-def load_symvers(path: Path) -> dict[str, int]:
-    """The exported names of a Module.symvers (`crc<TAB>name<TAB>module<TAB>export[<TAB>ns]`)
-    with their CRCs (0 without CONFIG_MODVERSIONS), the ones a module's __versions carries.
-    An empty one is refused: a kernel's never is, and with no exports every undefined
-    symbol of a module (printk too) would be converted."""
+class SymversLine(NamedTuple):
+    name: str
+    crc: int
+    owner: str  # "vmlinux" or the exporting module's path without .ko
+    kind: str  # EXPORT_SYMBOL or EXPORT_SYMBOL_GPL
+    namespace: str  # "" when none
+
+
+def symvers_lines(path: Path) -> list[SymversLine]:
+    """Every entry of a Module.symvers (`crc<TAB>name<TAB>module<TAB>export[<TAB>ns]`),
+    checked: one clear line names the first malformed one. An empty one is refused: a
+    kernel's never is, and with no exports every undefined symbol of a module (printk too)
+    would be converted."""
     text = _read_text(path, "Module.symvers")
     label = printable(path)
-    names: dict[str, int] = {}
+    out: list[SymversLine] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -253,13 +261,20 @@ def load_symvers(path: Path) -> dict[str, int]:
             raise SymbolFileError(f"{label}:{lineno}: bad CRC {crc[:20]!r}")
         if not fields[3].startswith("EXPORT_SYMBOL"):
             raise SymbolFileError(f"{label}:{lineno}: unknown export type {fields[3][:40]!r}")
-        names[fields[1]] = value
-    if not names:
+        namespace = fields[4] if len(fields) > 4 else ""
+        out.append(SymversLine(fields[1], value, fields[2], fields[3], namespace))
+    if not out:
         raise SymbolFileError(
             f"{label}: no exported symbols in this Module.symvers; give the target kernel's "
             "(its headers' Module.symvers), not an external module build's"
         )
-    return names
+    return out
+
+
+def load_symvers(path: Path) -> dict[str, int]:
+    """The exported names of a Module.symvers with their CRCs (0 without CONFIG_MODVERSIONS),
+    the ones a module's __versions carries."""
+    return {line.name: line.crc for line in symvers_lines(path)}
 
 
 def module_symbols(path: Path) -> list[tuple[str, int, str]]:
