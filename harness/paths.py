@@ -15,6 +15,7 @@ BUILD_DIR = PACKAGE_DIR / "build"
 
 KERNELS_DIR = REPO_DIR / "kernels"
 CONFIGS_DIR = KERNELS_DIR / "configs"
+ARCHES_FILE = KERNELS_DIR / "arches" / "arches.toml"
 RELEASES_FILE = KERNELS_DIR / "releases" / "debian.toml"
 MODULES_DIR = REPO_DIR / "modules"
 

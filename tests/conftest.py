@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-SLOW_MARKERS = ("long", "slow_build", "source_kernel", "matrix", "world")
+SLOW_MARKERS = ("long", "slow_build", "source_kernel", "matrix", "world", "cross_arch")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

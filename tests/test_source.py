@@ -60,7 +60,8 @@ def test_declared_source_kernels_have_fragments() -> None:
         "livepatch", "no-livepatch", "sig-force", "no-kallsyms-all",
     }  # fmt: skip
     for decl in decls:
-        base, own = fragment_paths(parse_spec(decl.spec).config)
+        spec = parse_spec(decl.spec)
+        base, own = fragment_paths(spec.config, spec.arch)
         assert base.name == "base.config" and own.is_file()
 
 

@@ -22,6 +22,7 @@ from harness.build.buildroot import ensure_buildroot
 from harness.cache import cache_root
 from harness.console import Printer
 from harness.errors import ToolchainError
+from harness.kernels.arch import Arch, find_arch
 from harness.kernels.kernel import Kernel
 from harness.kernels.releases import gcc_suites
 
@@ -176,6 +177,9 @@ def select(kernel: Kernel, *, printer: Printer | None = None) -> Toolchain:
     """The toolchain that builds modules for `kernel`: host gcc of the same major, else
     a cached Debian build root whose suite ships that gcc (created on first use)."""
     kernel_cc = kernel_compiler(kernel)
+    arch = find_arch(kernel.arch)
+    if not arch.native:
+        return cross_toolchain(arch, kernel_cc)
     key = (kernel_cc.text, cache_root())  # the root's place follows the cache dir
     known = _SELECTED.get(key)
     if known is not None and (known.root is None or (known.root / buildroot.MARKER).exists()):
@@ -183,6 +187,26 @@ def select(kernel: Kernel, *, printer: Printer | None = None) -> Toolchain:
     chosen = _select(kernel_cc, printer or Printer())
     _SELECTED[key] = chosen
     return chosen
+
+
+def cross_toolchain(arch: Arch, kernel_cc: CompilerVersion) -> Toolchain:
+    """The host's cross gcc for `arch` (Debian's gcc-<triplet>), of the kernel's gcc major:
+    every make gets ARCH= and CROSS_COMPILE=, which also name the compiler."""
+    if kernel_cc.family != "gcc":
+        raise ToolchainError(f"{arch.name}: kernel built with {kernel_cc.text!r}: only gcc")
+    cc = f"{arch.cross_compile}gcc"
+    line = _version_line([cc, "--version"]) if shutil.which(cc) else None
+    if line is None:
+        raise ToolchainError(
+            f"{arch.name}: no {cc} on the host (apt-get install {' '.join(arch.packages)})"
+        )
+    found = parse_cc_version_text(line)
+    if found.major != kernel_cc.major:
+        raise ToolchainError(
+            f"{arch.name}: the kernel was built with gcc-{kernel_cc.major}, the host's {cc} "
+            f"is gcc-{found.major}"
+        )
+    return Toolchain("host", f"host {line}", cc, None, found.major, tuple(arch.make_vars()))
 
 
 # What LLVM=<suffix> makes kbuild run besides clang (scripts/Makefile.clang, Makefile).

@@ -16,6 +16,7 @@ from harness.kernels import kallsyms
 from harness.kernels.acquire import acquire, cached
 from harness.kernels.apt import DOWNLOAD_DIR
 from harness.kernels.kernel import Kernel
+from harness.kernels.local import tree_arch
 from harness.kernels.resolve import load_resolution
 from harness.kernels.source_build import check_build
 from harness.kernels.spec import load_declared, parse_spec, resolve_name
@@ -24,7 +25,7 @@ from harness.kernels.verify import (
     DamagedEntry,
     debian_entry,
     debs_problem,
-    vmlinuz_problem,
+    image_problem,
 )
 
 INFO_OPTIONS = ("LIVEPATCH", "KALLSYMS_ALL", "MODULE_SIG_FORCE")
@@ -201,7 +202,8 @@ def verify_spec(text: str) -> list[Verdict]:
     spec = parse_spec(resolve_name(text))
     if spec.kind == "local":
         assert spec.path is not None
-        problem = vmlinuz_problem(spec.path / "arch/x86/boot/bzImage")
+        arch = tree_arch(spec.path)
+        problem = image_problem(spec.path / arch.image, arch.name)
         return [Verdict(spec.text, f"damaged: {problem}" if problem else "ok", not problem)]
     if spec.kind == "source":
         try:

@@ -36,9 +36,23 @@ def is_placeholder_system_map(path: Path) -> bool:
     return _PLACEHOLDER in head or len(head.splitlines()) < 2
 
 
-def recover(vmlinuz: Path, out: Path, timeout: float = 600) -> Recovered:
+def system_map_text(system_map: Path) -> int:
+    """The link address of `_text` in a System.map; a KernelError when it has none."""
+    with open(system_map, errors="replace") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "_text":
+                return int(parts[0], 16)
+    raise KernelError(f"{system_map}: no _text symbol")
+
+
+def recover(
+    vmlinuz: Path, out: Path, timeout: float = 600, *, system_map: Path | None = None
+) -> Recovered:
     """Run kallsyms-finder on `vmlinuz`, write `out` as `<16-hex> <type> <name>` lines in
-    the kernel's kallsyms order. Raises KernelError on any failure."""
+    the kernel's kallsyms order. Raises KernelError on any failure. An arm64 Image holds
+    kallsyms relative to a base the tool guesses wrong (the image's load offset): with the
+    build's `system_map` every address moves so that `_text` lands where it was linked."""
     tool = python_tool(TOOL)
     if tool is None:
         raise KernelError(f"{TOOL} not found on PATH (install the vmlinux-to-elf package)")
@@ -57,10 +71,14 @@ def recover(vmlinuz: Path, out: Path, timeout: float = 600) -> Recovered:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise KernelError(f"{TOOL} failed on {vmlinuz}: {last}")
-    lines = []
-    for line in proc.stdout.splitlines():
-        if m := _LINE.match(line.strip()):
-            lines.append(f"{int(m.group(1), 16):016x} {m.group(2)} {m.group(3)}\n")
+    found = [m.groups() for ln in proc.stdout.splitlines() if (m := _LINE.match(ln.strip()))]
+    shift = 0
+    if system_map is not None:
+        text = [int(a, 16) for a, _, name in found if name == "_text"]
+        if not text:
+            raise KernelError(f"{TOOL} found no _text in {vmlinuz}")
+        shift = system_map_text(system_map) - text[0]
+    lines = [f"{(int(a, 16) + shift) % (1 << 64):016x} {t} {n}\n" for a, t, n in found]
     if len(lines) < 1000:
         raise KernelError(f"{TOOL} found only {len(lines)} symbols in {vmlinuz}")
     out.parent.mkdir(parents=True, exist_ok=True)

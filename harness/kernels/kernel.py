@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from harness.errors import KernelError
 
@@ -48,6 +48,7 @@ class KernelMeta(TypedDict):
     modules_dir: str
     config: str
     headers: str
+    arch: NotRequired[str]  # kernels/arches/arches.toml name; absent: x86_64
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Kernel:
     symvers: Path  # Module.symvers
     kallsyms: Path  # the symbol table recovered from vmlinuz, /proc/kallsyms format, kallsyms order
     packages: tuple[str, ...] = ()  # "name=version" of every package it came from
+    arch: str = "x86_64"  # what it runs on (kernels/arches/arches.toml)
     _config: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -84,6 +86,7 @@ class Kernel:
             symvers=headers / "Module.symvers",
             kallsyms=entry / "kallsyms",
             packages=tuple(meta["packages"]),
+            arch=meta.get("arch", "x86_64"),
         )
 
     @property

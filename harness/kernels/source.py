@@ -98,12 +98,12 @@ def evaluate(expr: str, config: dict[str, str]) -> int:
     return disjunction()
 
 
-def kconfig_depends(tree: Path, option: str) -> list[str] | None:
-    """Every `depends on` (and enclosing `if`/menu dependency) of `option` in the tree's x86
-    Kconfig files; None when no Kconfig file defines it."""
+def kconfig_depends(tree: Path, option: str, arch_dir: str = "x86") -> list[str] | None:
+    """Every `depends on` (and enclosing `if`/menu dependency) of `option` in the tree's
+    Kconfig files of architecture `arch_dir`; None when no Kconfig file defines it."""
     name = option.removeprefix("CONFIG_")
     files = [p for p in tree.rglob("Kconfig*") if p.is_file()]
-    files = [p for p in files if p.parts[len(tree.parts)] != "arch" or "x86" in p.parts
+    files = [p for p in files if p.parts[len(tree.parts)] != "arch" or arch_dir in p.parts
              or p.parent == tree / "arch"]  # fmt: skip
     found: list[str] = []
     defined = False
@@ -150,7 +150,7 @@ def lost_options(want: dict[str, str], final: dict[str, str]) -> dict[str, str]:
 
 
 def explain_lost(
-    tree: Path, want: dict[str, str], final: dict[str, str]
+    tree: Path, want: dict[str, str], final: dict[str, str], arch_dir: str = "x86"
 ) -> tuple[list[str], list[str]]:
     """(errors, warnings): one line per lost option, naming the unmet `depends on` when there
     is one; an option this kernel's Kconfig does not define (renamed, removed) only warns,
@@ -158,7 +158,7 @@ def explain_lost(
     errors, warnings = [], []
     for option, got in lost_options(want, final).items():
         line = f"{option}={want[option]} requested, final .config has {option}={got}"
-        depends = kconfig_depends(tree, option)
+        depends = kconfig_depends(tree, option, arch_dir)
         if depends is None:
             warnings.append(f"{line}; not defined in this kernel's Kconfig, ignored")
             continue
@@ -200,6 +200,7 @@ def configure(
     *,
     printer: Printer | None = None,
     make_vars: Sequence[str] = (),
+    arch_dir: str = "x86",
 ) -> dict[str, str]:
     """tinyconfig, merge the fragments, olddefconfig, then check every requested option.
     `make_vars` (e.g. LLVM=-19) go on every make: Kconfig probes the compiler."""
@@ -212,7 +213,7 @@ def configure(
     run_logged([*make, "olddefconfig"], log)
     final = read_config(objdir / ".config")
     want = requested(fragments)
-    lost, ignored = explain_lost(tree, want, final)
+    lost, ignored = explain_lost(tree, want, final, arch_dir)
     with open(log, "a") as handle:
         handle.writelines(f"# klp-harness: warning: {line}\n" for line in ignored)
     for line in ignored:

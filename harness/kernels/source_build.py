@@ -1,6 +1,6 @@
 """Kernels built from source (`source:X.Y:CONFIG`, `source:PATH:CONFIG`): configure, build
 out of tree (O=) with progress and a kept log, install an (even empty) modules tree, recover the
-symbol table from bzImage, all cached by (source version, merged fragments hash)."""
+symbol table from the boot image, all cached by (source version, merged fragments hash)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from harness.cache import atomic_write_text, cache_dir, locked
 from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels import kallsyms
+from harness.kernels.arch import HOST, Arch, find_arch
 from harness.kernels.kernel import Kernel, KernelMeta
 from harness.kernels.source import (
     SourceTree,
@@ -32,10 +33,9 @@ from harness.kernels.source import (
     user_tree,
 )
 from harness.kernels.spec import Spec, fragment_paths
-from harness.kernels.verify import MARKER, DamagedEntry, read_meta, vmlinuz_problem
+from harness.kernels.verify import MARKER, DamagedEntry, image_problem, read_meta
 
 RECIPE = "1"  # bump when the build steps change: every source kernel is rebuilt
-BZIMAGE = "obj/arch/x86/boot/bzImage"  # in the entry
 JOBS = int(os.environ.get("KLP_HARNESS_BUILD_JOBS", "2"))
 PROGRESS_SECONDS = 60.0
 # A fragment line `# klp-harness-make: VAR=value ...` gives every make of the build (config
@@ -71,10 +71,17 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _build(objdir: Path, log: Path, label: str, printer: Printer, make_vars: list[str]) -> float:
-    """`nice make -jN bzImage modules` with a progress line a minute; seconds taken."""
+def image_path(arch: Arch) -> str:
+    """The boot image in an entry."""
+    return f"obj/{arch.image}"
+
+
+def _build(
+    objdir: Path, log: Path, label: str, printer: Printer, make_vars: list[str], target: str
+) -> float:
+    """`nice make -jN <image> modules` with a progress line a minute; seconds taken."""
     argv = ["nice", "-n", "10", "make", f"-j{JOBS}", "-C", str(objdir), *make_vars]
-    argv += ["bzImage", "modules"]
+    argv += [target, "modules"]
     start = time.monotonic()
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(argv)}\n")
@@ -132,29 +139,41 @@ _META_KEYS: dict[str, type] = {
     "package_version": str,
     "packages": list,
 }
+_OPTIONAL_KEYS: dict[str, type] = {"arch": str, "image_bytes": int}
 
 
 def _entry_meta(entry: Path) -> KernelMeta:
     """The kernel of a finished build (the tree built in obj/, modules installed in modroot/);
     DamagedEntry when its kernel.json or files are not what the build left."""
     meta = read_meta(entry, _META_KEYS)
+    for key, kind in _OPTIONAL_KEYS.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise DamagedEntry(f"kernel.json: bad {key!r}")
+    try:
+        arch = find_arch(meta.get("arch", HOST))
+    except KernelError as err:
+        raise DamagedEntry(f"kernel.json: {err}") from None
+    image = image_path(arch)
     release = meta["release"]
     if "/" in release or release in ("", ".", ".."):
         raise DamagedEntry(f"kernel.json: bad 'release' {release!r}")
     for need in ("obj/.config", "obj/Module.symvers", "kallsyms"):
         if not (entry / need).is_file():
             raise DamagedEntry(f"{need}: missing")
-    if problem := vmlinuz_problem(entry / BZIMAGE):
+    if problem := image_problem(entry / image, arch.name):
         raise DamagedEntry(problem)
+    if "image_bytes" in meta and (entry / image).stat().st_size != meta["image_bytes"]:
+        raise DamagedEntry(f"{image}: not the {meta['image_bytes']} bytes the build wrote")
     return KernelMeta(
         name=meta["name"],
         release=release,
         package_version=meta["package_version"],
         packages=meta["packages"],
-        vmlinuz=BZIMAGE,
+        vmlinuz=image,
         modules_dir=f"modroot/lib/modules/{release}",
         config="obj/.config",
         headers="obj",
+        arch=arch.name,
     )
 
 
@@ -172,16 +191,21 @@ def check_build(entry: Path) -> str:
 
 
 def _entry(spec: Spec, label: str, fragments: list[Path], source_id: str) -> tuple[str, str, Path]:
-    """(name, hash of the recipe, source and fragments, cache entry) of a build."""
-    digest = fragments_hash(fragments, RECIPE, source_id)[:12]
-    name = f"source-{label}-{spec.config}"
+    """(name, hash of the recipe, source and fragments, cache entry) of a build; another
+    architecture's make variables are part of the recipe (the host's are none)."""
+    arch = find_arch(spec.arch)
+    recipe = RECIPE if spec.arch == HOST else f"{RECIPE} {' '.join(arch.make_vars())}"
+    digest = fragments_hash(fragments, recipe, source_id)[:12]
+    suffix = "" if spec.arch == HOST else f"-{spec.arch}"
+    name = f"source-{label}-{spec.config}{suffix}"
     return name, digest, cache_dir("source-builds") / f"{name}-{digest}"
 
 
 def source_kernel(spec: Spec, *, printer: Printer | None = None) -> Kernel:
     """Build (or find in the cache) the kernel a `source:` spec names."""
     printer = printer or Printer()
-    fragments = fragment_paths(spec.config)
+    fragments = fragment_paths(spec.config, spec.arch)
+    find_arch(spec.arch).require_tools()
     tree, label, source_id = _tree_and_label(spec, printer)
     name, digest, entry = _entry(spec, label, fragments, source_id)
     if (entry / MARKER).is_file():
@@ -194,9 +218,9 @@ def source_kernel(spec: Spec, *, printer: Printer | None = None) -> Kernel:
             except DamagedEntry as err:  # the build resumes in place: make redoes what is gone
                 printer.warn(f"{entry}: cached build damaged ({err}), building it again")
                 (entry / MARKER).unlink()
-                bzimage = entry / BZIMAGE
-                if vmlinuz_problem(bzimage):  # make would keep a truncated file it thinks new
-                    bzimage.unlink(missing_ok=True)
+                image = entry / image_path(find_arch(spec.arch))
+                if image_problem(image, spec.arch):  # make would keep a truncated file
+                    image.unlink(missing_ok=True)
         _build_entry(spec, tree, fragments, entry, name, digest, printer)
     return _entry_kernel(spec, entry)
 
@@ -217,23 +241,29 @@ def _build_entry(
         handle.write(f"# klp-harness: {spec.text} from {tree.path}\n")
     start = time.monotonic()
     printer.say(f"configuring {name}: tinyconfig + {', '.join(p.name for p in fragments)}")
-    make_vars = make_variables(fragments)
-    configure(tree.path, objdir, fragments, log, printer=printer, make_vars=make_vars)
+    arch = find_arch(spec.arch)
+    make_vars = arch.make_vars() + make_variables(fragments)
+    configure(
+        tree.path, objdir, fragments, log, printer=printer, make_vars=make_vars,
+        arch_dir=arch.kbuild,
+    )  # fmt: skip
     printer.say(f"building {name} with make -j{JOBS} {' '.join(make_vars)} (log: {log})")
-    seconds = _build(objdir, log, name, printer, make_vars)
+    seconds = _build(objdir, log, name, printer, make_vars, arch.target)
     printer.say(f"built {name} in {seconds / 60:.1f} min")
     make = ["make", "-C", str(objdir), *make_vars]
     release = _make_output([*make, "-s", "kernelrelease"])
     modroot = entry / "modroot"
     run_logged([*make, f"INSTALL_MOD_PATH={modroot}", "modules_install"], log)
     (modroot / "lib/modules" / release).mkdir(parents=True, exist_ok=True)
-    bzimage = entry / BZIMAGE
-    printer.say(f"recovering the symbol table from {bzimage}")
-    rec = kallsyms.recover(bzimage, entry / "kallsyms")
-    differ = check_system_map(rec.path, objdir / "System.map")
+    image = entry / image_path(arch)
+    printer.say(f"recovering the symbol table from {image}")
+    system_map = objdir / "System.map"
+    rebase = None if arch.name == HOST else system_map
+    rec = kallsyms.recover(image, entry / "kallsyms", system_map=rebase)
+    differ = check_system_map(rec.path, system_map)
     if differ:
         raise KernelError(
-            f"{name}: the table recovered from bzImage and System.map count these names "
+            f"{name}: the table recovered from {image.name} and System.map count these names "
             f"differently: {', '.join(differ[:10])}"
         )
     printer.say(f"{rec.count} symbols, duplicated names agree with System.map")
@@ -248,6 +278,8 @@ def _build_entry(
         "total_seconds": round(time.monotonic() - start, 1),
         "symbols": rec.count,
     }
+    if arch.name != HOST:  # the host's entries keep their old kernel.json
+        meta |= {"arch": arch.name, "image_bytes": image.stat().st_size}
     atomic_write_text(entry / "kernel.json", json.dumps(meta, indent=1))
     (entry / MARKER).touch()
 
@@ -258,7 +290,7 @@ def cached_source_kernel(spec: Spec) -> Kernel | None:
         return None
     tree = cached_source(spec.ref)
     try:
-        fragments = fragment_paths(spec.config)
+        fragments = fragment_paths(spec.config, spec.arch)
     except KernelError:
         return None
     if tree is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import ExpectationError, KernelError
+from harness.kernels.arch import HOST, arches, find_arch
 from harness.kernels.datafile import read_tables
 from harness.kernels.releases import codenames, find_release
 from harness.paths import CONFIGS_DIR, KERNELS_DIR
@@ -46,6 +47,7 @@ class Spec:
     path: Path | None = None  # local
     ref: str = ""  # source: "6.1" (Debian's linux-source-6.1) or a tree's path
     config: str = ""  # source: a fragment name in kernels/configs, e.g. "livepatch"
+    arch: str = HOST  # source: the architecture built for (kernels/arches/arches.toml)
 
     @property
     def suite(self) -> str:
@@ -106,22 +108,32 @@ def parse_spec(text: str) -> Spec:
 
 
 def _source_spec(text: str, rest: str) -> Spec:
-    """`source:X.Y:CONFIG` (Debian's linux-source-X.Y) or `source:PATH:CONFIG` (a tree)."""
+    """`source:X.Y:CONFIG[:ARCH]` (Debian's linux-source-X.Y) or `source:PATH:CONFIG[:ARCH]`
+    (a tree); ARCH defaults to the host's and is left out of the normalised text then."""
+    arch = HOST
+    head, sep, last = rest.rpartition(":")
+    if sep and ":" in head and last in arches():
+        rest, arch = head, last
     ref, sep, config = rest.rpartition(":")
     if not sep or not ref or not _CONFIG_NAME.match(config):
         raise KernelError(
-            f"bad source spec {text!r}: expected source:X.Y:CONFIG (e.g. source:6.1:livepatch) "
-            "or source:PATH:CONFIG, CONFIG a fragment name in kernels/configs"
+            f"bad source spec {text!r}: expected source:X.Y:CONFIG[:ARCH] (e.g. "
+            "source:6.1:livepatch, source:7.3:livepatch:arm64) or source:PATH:CONFIG[:ARCH], "
+            "CONFIG a fragment name in kernels/configs"
         )
+    suffix = "" if arch == HOST else f":{arch}"
     if _SOURCE_VERSION.match(ref):
-        return Spec("source", f"source:{ref}:{config}", ref=ref, config=config)
+        return Spec("source", f"source:{ref}:{config}{suffix}", ref=ref, config=config, arch=arch)
     if not ref.startswith(("/", ".", "~")):
         raise KernelError(
             f"bad source spec {text!r}: {ref!r} is neither a version X.Y nor a path "
             "(start a relative path with ./)"
         )
     path = Path(ref).expanduser().absolute()
-    return Spec("source", f"source:{path}:{config}", ref=str(path), path=path, config=config)
+    return Spec(
+        "source", f"source:{path}:{config}{suffix}", ref=str(path), path=path, config=config,
+        arch=arch,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -223,7 +235,7 @@ def check_spec(name_or_spec: str, dir: Path | None = None) -> Spec:
     is wrong. Whether an ABI exists on the mirror is only known by resolving it."""
     spec = parse_spec(resolve_name(name_or_spec, dir))
     if spec.kind == "source":
-        fragment_paths(spec.config)
+        fragment_paths(spec.config, spec.arch)
     if spec.path is not None and not spec.path.is_dir():
         raise KernelError(f"{spec.text}: {spec.path} is not a directory")
     return spec
@@ -239,13 +251,21 @@ def resolve_name(name_or_spec: str, dir: Path | None = None) -> str:
     raise KernelError(f"{name_or_spec!r} is neither a kernel spec nor a declared kernel name")
 
 
-def fragment_paths(config: str, configs_dir: Path = CONFIGS_DIR) -> list[Path]:
-    """The fragments a source config means: base.config then <config>.config; a KernelError
-    lists the known configs."""
-    paths = [configs_dir / f"{BASE_CONFIG}.config", configs_dir / f"{config}.config"]
-    if config == BASE_CONFIG or not paths[1].is_file():
-        known = sorted(p.stem for p in configs_dir.glob("*.config") if p.stem != BASE_CONFIG)
-        raise KernelError(f"no config {config!r} in {configs_dir} (known: {', '.join(known)})")
-    if not paths[0].is_file():
-        raise KernelError(f"{paths[0]}: base config fragment missing")
-    return paths
+def fragment_paths(config: str, arch: str = HOST, configs_dir: Path = CONFIGS_DIR) -> list[Path]:
+    """The fragments a source config means: the architecture's base.config, then
+    <config>.config from the architecture's subdirectory if it has one, else the shared one
+    (kernels/configs/<arch>/ for every architecture but the host's); a KernelError lists the
+    known configs."""
+    find_arch(arch)
+    own = configs_dir if arch == HOST else configs_dir / arch
+    base = own / f"{BASE_CONFIG}.config"
+    chosen = own / f"{config}.config"
+    if not chosen.is_file():
+        chosen = configs_dir / f"{config}.config"
+    if config == BASE_CONFIG or config in arches() or not chosen.is_file():
+        names = {p.stem for d in {configs_dir, own} for p in d.glob("*.config")}
+        known = ", ".join(sorted(names - {BASE_CONFIG}))
+        raise KernelError(f"no config {config!r} for {arch} in {configs_dir} (known: {known})")
+    if not base.is_file():
+        raise KernelError(f"{base}: base config fragment missing")
+    return [base, chosen]

@@ -97,6 +97,23 @@ def vmlinuz_problem(path: Path) -> str:
     return ""
 
 
+def image_problem(path: Path, arch: str) -> str:
+    """What is wrong with a boot image of `arch` ("" when plausible): a bzImage by the x86
+    boot protocol, an arm64 Image by its header's magic (a truncated Image is caught by the
+    size its build recorded), an ELF vmlinux by its ELF magic."""
+    if arch == "x86_64":
+        return vmlinuz_problem(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as err:
+        return f"{path.name}: {err.strerror}"
+    if arch == "arm64":
+        good = len(head) == 64 and head[0x38:0x3C] == b"ARM\x64"
+        return "" if good else f"{path.name}: no arm64 Image header (no 'ARM\\x64' at 0x38)"
+    return "" if head[:4] == b"\x7fELF" else f"{path.name}: not an ELF kernel image"
+
+
 def _inside(entry: Path, rel: object, what: str) -> Path:
     if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
         raise DamagedEntry(f"{META}: {what} is not a path inside the entry")

@@ -2,7 +2,7 @@
 
 `KLP_MODULE_RELOC(obj) name[] = { KLP_SYMPOS(sym, pos), ... };` puts packed
 `{void *sym; u32 sympos}` entries in a section `.klp.module_relocs.<obj>`; the
-pointer's R_X86_64_64 relocation names the symbol. The sections (and their
+pointer's 64-bit absolute relocation names the symbol. The sections (and their
 relocation sections) are consumed: the converter removes them from its output.
 """
 
@@ -23,6 +23,9 @@ from harness.klp.elfread import (
 )
 from harness.klp.files import printable
 from harness.klp.tables import Symbols
+
+# The relocation of the entry's 64-bit pointer, per e_machine: R_X86_64_64, R_AARCH64_ABS64.
+POINTER_RELOC = {62: R_X86_64_64, 183: 257}
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def read_annotations(
                 if (
                     off % ANNOTATION_ENTRY
                     or off + ANNOTATION_ENTRY > len(data)
-                    or rtype != R_X86_64_64
+                    or rtype != POINTER_RELOC.get(img.machine.em, R_X86_64_64)
                 ):
                     raise UnsupportedElfError(
                         f"{img.label}: {sec.label}+{off:#x}: not a KLP_SYMPOS entry "

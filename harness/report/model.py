@@ -88,7 +88,10 @@ class KernelRow(KernelResult):
 
     @property
     def label(self) -> str:
-        return self.release or self.name or self.spec
+        """The release; another architecture's is named after it (the same tree built for
+        x86_64 and arm64 has one release)."""
+        label = self.release or self.name or self.spec
+        return f"{label} {self.arch}" if self.arch not in ("", "x86_64") else label
 
     @property
     def sort_key(self) -> tuple[int, tuple[int, ...], str]:

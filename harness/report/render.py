@@ -83,6 +83,8 @@ def headline(report: Report) -> str:
 
 def _kernel_bits(k: KernelRow) -> list[str]:
     bits = [k.spec]
+    if k.arch:
+        bits.append(k.arch)
     if k.package_version:
         bits.append(k.package_version)
     if k.accel:
@@ -148,11 +150,12 @@ def markdown(report: Report) -> str:
         "",
         "### Kernels",
         "",
-        "| kernel | spec | package | accel | boot | toolchain | config hash |",
+        "| kernel | spec | arch | package | accel | boot | toolchain | config hash |",
     ]
-    out.append("|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|")
     for k in grid.kernels:
-        cells = [k.label, k.spec, k.package_version, k.accel or "-", f"{k.boot_seconds:.1f} s"]
+        cells = [k.label, k.spec, k.arch or "-", k.package_version, k.accel or "-"]
+        cells.append(f"{k.boot_seconds:.1f} s")
         cells += [k.toolchain or k.config.get("CC_VERSION_TEXT", ""), k.config_hash[:19] or "-"]
         out.append("| " + " | ".join(md_text(c) for c in cells) + " |")
     errors = [
@@ -283,6 +286,7 @@ def html_page(report: Report, base: Path | None = None) -> str:
                 k.label,
                 k.spec,
                 k.name,
+                k.arch or "-",
                 k.package_version,
                 k.accel or "-",
                 f"{k.boot_seconds:.1f}\u00a0s",
@@ -308,8 +312,9 @@ def html_page(report: Report, base: Path | None = None) -> str:
 <div class="scroll"><table class="grid"><thead><tr><th>kernel</th>{head}</tr></thead>
 <tbody>{rows}</tbody></table></div>
 <h2>Kernels</h2>
-<div class="scroll"><table><thead><tr><th>kernel</th><th>spec</th><th>name</th><th>package</th>
-<th>accel</th><th>boot</th><th>toolchain</th><th>config hash</th><th>config</th>
+<div class="scroll"><table><thead><tr><th>kernel</th><th>spec</th><th>name</th>
+<th>arch</th><th>package</th><th>accel</th><th>boot</th><th>toolchain</th><th>config hash</th>
+<th>config</th>
 <th>results file</th></tr></thead><tbody>{details}</tbody></table></div>
 <h2>Results files</h2><ul>{sources}</ul>
 </body></html>
@@ -335,6 +340,7 @@ def junit(report: Report) -> str:
             "spec",
             "name",
             "release",
+            "arch",
             "package_version",
             "accel",
             "toolchain",

@@ -72,6 +72,7 @@ class KernelResult:
     release: str = ""
     package_version: str = ""
     packages: list[str] = field(default_factory=list)
+    arch: str = ""  # what the kernel runs on: x86_64, arm64 (kernels/arches/arches.toml)
     config: dict[str, str] = field(default_factory=dict)
     config_hash: str = ""  # "sha256:<hex>" of the kernel's .config
     toolchain: str = ""  # what built the modules for this kernel

@@ -120,6 +120,7 @@ def describe_kernel(kernel: Kernel, result: KernelResult, printer: Printer | Non
     result.release = kernel.release
     result.package_version = kernel.package_version
     result.packages = list(kernel.packages)
+    result.arch = kernel.arch
     result.config = {o: kernel.config_value(o) for o in REPORTED_OPTIONS}
     result.config_hash = "sha256:" + hashlib.sha256(kernel.config.read_bytes()).hexdigest()
     with contextlib.suppress(HarnessError):  # else every module's build failure says why

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from harness.errors import ExpectationError
+from harness.kernels.arch import arches
 from harness.kernels.kernel import Kernel
 from harness.klp.guard import GUARD_SYMBOL
 from harness.paths import MODULES_DIR
@@ -61,8 +62,11 @@ class Condition:
     min_kernel: tuple[int, ...] | None = None
     max_kernel: tuple[int, ...] | None = None  # exclusive
     config: Mapping[str, str] = field(default_factory=dict)
+    arch: tuple[str, ...] = ()  # any of these architectures (kernels/arches/arches.toml)
 
     def matches(self, kernel: Kernel) -> bool:
+        if self.arch and kernel.arch not in self.arch:
+            return False
         if self.min_kernel and kernel.version < self.min_kernel:
             return False
         if self.max_kernel and kernel.version >= self.max_kernel:
@@ -106,11 +110,18 @@ def _condition(data: object, where: str) -> Condition:
         return Condition()
     if not isinstance(data, dict):
         raise ExpectationError(f"{where}: `when` must be a table")
-    check_keys(data, {"min_kernel", "max_kernel", "config"}, where)
+    check_keys(data, {"min_kernel", "max_kernel", "config", "arch"}, where)
     config = data.get("config", {})
     if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
         raise ExpectationError(f'{where}: `when.config` maps options to "y"/"m"/"n"')
+    arch = data.get("arch", [])
+    arch = [arch] if isinstance(arch, str) else arch
+    if not isinstance(arch, list) or not all(isinstance(a, str) and a in arches() for a in arch):
+        raise ExpectationError(
+            f"{where}: `when.arch` is an architecture or a list of them ({', '.join(arches())})"
+        )
     return Condition(
+        arch=tuple(arch),
         min_kernel=version(data["min_kernel"], where) if "min_kernel" in data else None,
         max_kernel=version(data["max_kernel"], where) if "max_kernel" in data else None,
         config={k.removeprefix("CONFIG_"): v for k, v in config.items()},

@@ -21,11 +21,13 @@ import pexpect
 from harness import cache
 from harness.errors import BootError
 from harness.fileio import exclusive_file
+from harness.kernels.arch import HOST, find_arch
 from harness.kernels.kernel import Kernel
 from harness.paths import python_tool
 from harness.vm import guestroot
 from harness.vm.accel import ACCELS, Accel, AccelChoice, choose_accel, die_with_parent
 from harness.vm.commands import CommandResult, GuestDied, GuestTimeout
+from harness.vm.foreignroot import foreign_root
 from harness.vm.guest import Guest
 
 __all__ = ["CommandResult", "Guest", "GuestDied", "GuestTimeout", "boot", "vng_command"]
@@ -66,12 +68,15 @@ def vng_command(
     *,
     root: Path,
     modules: Path | None = None,
+    arch: str = HOST,
 ) -> list[str]:
     """The virtme-ng command line for one boot on the minimal `root` (harness.vm.guestroot),
-    with `share_dir` writable and `modules` read-only (`cpus`: vCPUs, vng's default if None)."""
+    with `share_dir` writable and `modules` read-only (`cpus`: vCPUs, vng's default if None);
+    another `arch` is emulated by its QEMU (`vng --arch`)."""
     vng = find_vng()
+    vng_arch = find_arch(arch).vng
     cmd = [
-        vng, "--run", str(vmlinuz),
+        vng, *(["--arch", vng_arch] if vng_arch else []), "--run", str(vmlinuz),
         "--force-9p",  # no virtiofsd wait: 9p is what Debian's generic flavour can mount
         *guestroot.vng_args(root, share_dir, modules),
         "--qemu-opts=-no-reboot",
@@ -173,7 +178,11 @@ def boot(
     guest's vCPUs: guests booted side by side each get their share of the host's cores (under
     TCG every vCPU is a busy host thread).
     """
-    if accel is None:
+    arch = find_arch(kernel.arch)
+    if kernel.arch != HOST:
+        arch.require_tools()
+        choice = AccelChoice(Accel.TCG, f"{arch.name} is emulated", 0.0)
+    elif accel is None:
         choice = choose_accel(kernel.vmlinuz)
     elif accel in ACCELS:
         choice = AccelChoice(Accel(accel), "requested by the caller", 0.0)
@@ -187,8 +196,9 @@ def boot(
     console_log, log = exclusive_file(console_log)
     try:
         share = new_share_dir(console_log, share_dir)
+        root = guestroot.guest_root() if kernel.arch == HOST else foreign_root(arch)
         cmd = vng_command(
-            image, share, choice.accel, cpus, root=guestroot.guest_root(), modules=modules
+            image, share, choice.accel, cpus, root=root, modules=modules, arch=kernel.arch
         )
     except BaseException:
         log.close()

@@ -52,10 +52,15 @@ def _busybox() -> Path:
     return path
 
 
+def recipe_parts() -> tuple[object, ...]:
+    """What the harness puts in every root (a change makes new roots)."""
+    return (APPLETS, DIRS, EMPTY_FILES, KLP_SHELL)
+
+
 def _recipe(busybox: Path) -> str:
     """What the tree is made of: a new busybox or a new recipe makes a new tree."""
     digest = hashlib.sha256(busybox.read_bytes())
-    digest.update(repr((APPLETS, DIRS, EMPTY_FILES, KLP_SHELL)).encode())
+    digest.update(repr(recipe_parts()).encode())
     return digest.hexdigest()[:16]
 
 
@@ -65,8 +70,15 @@ def _populate(root: Path, busybox: Path) -> None:
     shutil.copy2(busybox, root / "bin" / "busybox")
     for applet in APPLETS:
         (root / "bin" / applet).symlink_to("busybox")
+    add_harness_files(root)
+
+
+def add_harness_files(root: Path) -> None:
+    """The directories, accounts and shell the harness and virtme-ng's init need."""
+    for sub in DIRS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\n")
+    (root / "etc" / "group").write_text("root:x:0:\ntty:x:5:\n")
     for name in EMPTY_FILES:
         (root / name).write_text("")
     shell = root / SHELL.lstrip("/")
@@ -75,7 +87,7 @@ def _populate(root: Path, busybox: Path) -> None:
     (root / "root").chmod(0o700)
 
 
-def _sweep_init_scripts(root: Path) -> None:
+def sweep_init_scripts(root: Path) -> None:
     """vng writes its init script into the root and removes it at exit; a killed vng
     leaves it. Old ones go (a boot reads its own within seconds)."""
     now = time.time()
@@ -98,7 +110,7 @@ def guest_root() -> Path:
                 with staged_dir(final) as tmp:
                     _populate(tmp, busybox)
                     atomic_write_text(tmp / ".complete", f"busybox {busybox}\n")
-    _sweep_init_scripts(final)
+    sweep_init_scripts(final)
     return final
 
 

@@ -1,0 +1,64 @@
+"""arm64 end to end: kernels cross-built from linux-source-7.3, booted under QEMU TCG through
+`vng --arch arm64` on an arm64 Debian root, samples cross-built, converted and loaded.
+
+Marked `cross_arch` (minutes: two kernel builds when the cache is cold). The whole sample
+suite runs on these kernels through the same fixtures as every kernel:
+`pytest tests/test_e2e.py --kernel source:7.3:livepatch:arm64`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.build.modules import build_module, builds_dir
+from harness.kernels.acquire import acquire
+from harness.suite.samples import load_sample
+from harness.vm.boot import boot
+
+pytestmark = [pytest.mark.cross_arch, pytest.mark.vm]
+SAMPLES = Path(__file__).parent.parent / "modules"
+BRANCH_RANGE = 128 << 20  # what a CALL26/JUMP26 reaches: +-128 MiB
+
+
+def _vmlinux(text: str) -> list[tuple[str, int]]:
+    rows = (line.split() for line in text.splitlines())
+    return [(r[2], int(r[0], 16)) for r in rows if len(r) == 3 and r[1] != "?"]
+
+
+def test_arm64_kernel_boots_with_the_recovered_table(tmp_path: Path) -> None:
+    """The cross-built Image boots on the arm64 root; the table recovered from it (rebased
+    on System.map's _text) is the guest's /proc/kallsyms, address for address."""
+    kernel = acquire("source:7.3:livepatch:arm64")
+    assert kernel.arch == "arm64" and kernel.vmlinuz.name == "Image"
+    assert kernel.config_value("LIVEPATCH") == "y" and kernel.config_value("ARM64") == "y"
+    with boot(kernel, tmp_path / "console.log") as guest:
+        assert guest.accel == "tcg"
+        assert guest.run("uname -m").output.strip() == "aarch64"
+        assert guest.run("uname -r").output.strip() == kernel.release
+        assert guest.run("test -d /sys/kernel/livepatch").ok
+        assert _vmlinux(guest.kallsyms()) == _vmlinux(kernel.kallsyms.read_text())
+
+
+def test_far_module_calls_vmlinux_through_a_plt(tmp_path: Path) -> None:
+    """On the KASLR kernel (2 GiB module region) the module lands beyond a branch's reach of
+    vmlinux; its converted CALL26 to kernel_clone still reaches it, through the module PLT
+    whose slot the loader reserved for the .klp.rela section."""
+    kernel = acquire("source:7.3:kaslr:arm64")
+    assert kernel.config_value("RANDOMIZE_MODULE_REGION_FULL") == "y"
+    built = build_module(kernel, load_sample(SAMPLES / "kernel_clone"))
+    with boot(kernel, tmp_path / "console.log", modules=builds_dir(kernel)) as guest:
+        assert guest.run(f"insmod {guest.path(built.ko)}").ok
+        sections = f"/sys/module/{built.module}/sections"
+        text = int(guest.run(f"cat {sections}/.text").output, 16)
+        plt = guest.run(f"cat {sections}/.plt")
+        dmesg = guest.run("dmesg").output
+        kallsyms = dict(_vmlinux(guest.kallsyms()))
+        assert guest.run(f"rmmod {built.module}").ok
+    assert "2G module region forced by RANDOMIZE_MODULE_REGION_FULL" in dmesg
+    assert plt.ok, "the module has no .plt section"
+    assert abs(kallsyms["kernel_clone"] - text) > BRANCH_RANGE
+    resolved = f"klp-harness: resolved kernel_clone,0 0x{kallsyms['kernel_clone']:016x}"
+    assert resolved in dmesg
+    assert "started by kernel_clone has exited" in dmesg
