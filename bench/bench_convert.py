@@ -11,6 +11,7 @@ ratio of the process to objcopy, with the target (at most 3x).
     python bench/bench_convert.py                  # downloads the image package into the cache
     python bench/bench_convert.py --ko FILE.ko     # or any module
     python bench/bench_convert.py --deb FILE.deb
+    python bench/bench_convert.py --ko arm.ko      # AArch64: against aarch64-linux-gnu-objcopy
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ from harness.cache import cache_dir
 DEFAULT_PACKAGE = "linux-image-6.1.0-56-amd64-unsigned"
 TARGET_RATIO = 3.0
 TARGET_RSS_MB = 200
+# The objcopy that knows the module's machine (e_machine at offset 18): the host's for x86-64.
+OBJCOPY = {62: "objcopy", 183: "aarch64-linux-gnu-objcopy"}
+
+
+def objcopy_for(ko: Path) -> str:
+    with open(ko, "rb") as handle:
+        machine = int.from_bytes(handle.read(20)[18:20], "little")
+    if machine not in OBJCOPY:
+        sys.exit(f"{ko}: no objcopy known for e_machine {machine}")
+    return OBJCOPY[machine]
 
 
 def fetch(package: str, deb: Path | None) -> Path:
@@ -173,7 +184,7 @@ def main() -> int:
     cli += ["--symvers", str(symvers)]
     py = [sys.executable, "-c"]
     processes = {
-        "objcopy": ["objcopy", str(ko), str(copy)],
+        "objcopy": [objcopy_for(ko), str(ko), str(copy)],
         "klp-harness convert": cli,
         "python (empty)": [*py, "pass"],
         "python + CLI imports": [*py, "import harness.cli.main, harness.cli.convert"],
@@ -186,6 +197,7 @@ def main() -> int:
     cpu_ratio = min(conv.cpu) / min(oc.cpu)
     relocs = report.relocations
     print(f"module:        {ko} ({ko.stat().st_size / 1e6:.1f} MB, {len(undefined)} undefined)")
+    print(f"objcopy:       {objcopy_for(ko)}")
     print(f"converted:     {len(report.converted)} symbols, {relocs} relocations")
     print(f"command:       {' '.join(cli[:2])} ...")
     print(
