@@ -1,13 +1,14 @@
 """Live-memory verification of a loaded module's klp relocations: pure functions.
 
 `module_relocs` reads the converted .ko: every klp relocation (`.klp.rela.<obj>.<sec>`,
-symbol `.klp.sym.<obj>.<name>,<sympos>`) and the instruction sites the kernel rewrites on
-purpose after relocating (listed in the module's own tables: ftrace's `__mcount_loc`,
-alternatives, paravirt, static calls, jump labels, return thunks, retpolines, call thunks).
-harness.vm.kcore reads, in the guest, the bytes the kernel holds at each field; they are kept
-in a `MemoryRecord` (part of the step's transcript). `verify` then recomputes each field with
-the x86-64 loader's formula for the guest's own kallsyms entry of (object, name, sympos) and
-checks the conversion's intent: its predicted address, shifted by the guest's KASLR offset.
+symbol `.klp.sym.<obj>.<name>,<sympos>`) and the sites the kernel rewrites on purpose after
+relocating (ftrace, alternatives, jump labels, ...: listed in the module's own tables, per
+machine in harness.suite.fields). harness.vm.kcore reads in the guest the bytes the kernel
+holds at each field (`reads`; on AArch64 also the module's .plt, where far branches go), kept
+in a `MemoryRecord` (part of the step's transcript). `verify` checks each field against the
+module's machine's loader (harness.suite.fields) for the guest's own kallsyms entry of
+(object, name, sympos), and the conversion's intent: its predicted address, shifted by the
+guest's KASLR offset.
 
 A relocation is verified, in a freed init section (`.init.*`, covered by init having run
 without a splat), patched by the kernel (a listed site whose bytes no longer hold the
@@ -22,34 +23,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.klp.abi import LOADER_RELOCS, is_klp_rela, parse_klp_symbol
-from harness.klp.elfread import SHT_RELA, ElfImage, cstring, reloc_name
+from harness.klp.abi import is_klp_rela, parse_klp_symbol
+from harness.klp.elfread import SHF_EXECINSTR, SHT_RELA, ElfImage, cstring
+from harness.klp.machines import AARCH64, X86_64
+from harness.suite import fields, fields_aarch64, fields_x86_64
 from harness.suite.assertions import KallsymsIndex
 from harness.suite.jsonfields import json_int, json_str
 
 VMLINUX = "vmlinux"
 NO_KCORE = "cannot verify in memory: no /proc/kcore"
 MAX_MISMATCHES = 5  # shown as evidence
-# Tables of sites the kernel rewrites after relocation: entry size, where in the entry the
-# site's relocation is, and the site's length (None: the byte at entry+9, paravirt's len).
-SITE_TABLES: dict[str, tuple[int, int, int | None]] = {
-    "__mcount_loc": (8, 0, 5),
-    ".return_sites": (4, 0, 6),
-    ".retpoline_sites": (4, 0, 6),
-    ".call_sites": (4, 0, 6),
-    ".ibt_endbr_seal": (4, 0, 4),
-    ".smp_locks": (4, 0, 1),
-    ".static_call_sites": (8, 0, 5),
-    "__jump_table": (16, 0, 5),
-    ".parainstructions": (16, 0, None),
-    ".altinstructions": (0, 0, 16),  # entry size varies by version: every site relocation
-}
 # Tables the kernel rewrites in place at load, so a field inside them no longer holds the
 # relocated value: static_call_add_module() swaps each trampoline key (__SCT__x) for the key
 # (__SCK__x, plus flag bits) and sorts the table; jump_label_sort_entries() sorts the
 # entries, which are relative to themselves, and the key field carries flag bits.
 REWRITTEN_TABLES = (".static_call_sites", "__jump_table")
-_PC_RELATIVE = {2, 4, 24}  # PC32, PLT32, PC64
+PLT = ".plt"  # where arm64 sends branches out of range (the .init.plt is freed with init)
 
 
 @dataclass(frozen=True)
@@ -72,8 +61,8 @@ class KlpReloc:
         return f"{self.obj}.{self.name},{self.sympos}"
 
     @property
-    def width(self) -> int:
-        return LOADER_RELOCS.get(self.type, 0)
+    def width(self) -> int:  # x86-64 (0-42) or AArch64 (256-); per machine: see `reads`
+        return fields_x86_64.width(self.type) or fields_aarch64.width(self.type)
 
 
 @dataclass(frozen=True)
@@ -88,6 +77,8 @@ class PatchSite:
 class ModuleRelocs:
     relocs: tuple[KlpReloc, ...]
     sites: tuple[PatchSite, ...]
+    machine: str = X86_64.label
+    plt_size: int = 0  # bytes the loader may use of the module's .plt (0: no .plt to read)
 
 
 @dataclass(frozen=True)
@@ -105,8 +96,12 @@ class MemoryRecord:
     # kallsyms entries (object, name, address) of module objects the klp symbols name, read
     # while loaded (the guest's kallsyms is read once per boot, maybe after they unload)
     symbols: tuple[tuple[str, str, int], ...] = ()
+    machine: str = X86_64.label  # the module's (MACHINES labels)
+    plt: str = ""  # hex: the bytes read at the module's .plt (its base is in `bases`)
 
     def to_json(self) -> dict[str, Any]:
+        # the fields AArch64 added only when set: x86-64 records stay as they were written
+        extra = {"machine": self.machine, "plt": self.plt} if self.machine != X86_64.label else {}
         return {
             "error": self.error,
             "relocs": [list(_reloc_tuple(r)) for r in self.relocs],
@@ -116,6 +111,7 @@ class MemoryRecord:
             "predicted": [list(p) for p in self.predicted],
             "table_text": self.table_text,
             "symbols": [list(s) for s in self.symbols],
+            **extra,
         }
 
     @classmethod
@@ -123,8 +119,8 @@ class MemoryRecord:
         """Raises TypeError/ValueError/KeyError on anything malformed (the transcript's caller
         turns those into one line)."""
         relocs = tuple(_reloc(item) for item in data["relocs"])
-        fields = tuple(bytes.fromhex(json_str(f)).hex() for f in data["fields"])
-        if fields and len(fields) != len(relocs):
+        held = tuple(bytes.fromhex(json_str(f)).hex() for f in data["fields"])
+        if held and len(held) != len(relocs):
             raise ValueError("memory: one field per relocation")
         text = data["table_text"]
         return cls(
@@ -135,7 +131,7 @@ class MemoryRecord:
                 for t, s, o, n in data["sites"]
             ),
             bases=tuple((json_str(n), json_int(a)) for n, a in data["bases"]),
-            fields=fields,
+            fields=held,
             predicted=tuple(
                 (json_str(n), None if a is None else json_int(a)) for n, a in data["predicted"]
             ),
@@ -143,6 +139,8 @@ class MemoryRecord:
             symbols=tuple(
                 (json_str(o), json_str(n), json_int(a)) for o, n, a in data.get("symbols", [])
             ),
+            machine=fields.machine(json_str(data.get("machine", X86_64.label))).label,
+            plt=bytes.fromhex(json_str(data.get("plt", ""))).hex(),
         )
 
 
@@ -176,12 +174,18 @@ def module_relocs(img: ElfImage) -> ModuleRelocs:
     values = syms.values()
     relocs: list[KlpReloc] = []
     sites: list[PatchSite] = []
-    tables = {s.index: s.name for s in img.sections if s.name in SITE_TABLES}
+    arm = img.machine == AARCH64
+    known = fields.site_tables(img.machine.label)
+    tables = {s.index: s.name for s in img.sections if s.name in known}
+    slots = 0
     for sec in img.sections:
         if sec.type != SHT_RELA:
             continue
         relas = img.relas(sec.index)
         target = img.sections[sec.info]
+        if arm and target.flags & SHF_EXECINSTR and not target.name.startswith(".init"):
+            owners = [syms.shndx[i] for i in relas.symbols()]
+            slots += fields_aarch64.plt_slots(relas.types(), owners, sec.info)
         items = zip(relas.offsets(), relas.types(), relas.addends(), relas.symbols(), strict=True)
         if is_klp_rela(img, sec.index):
             for offset, rtype, addend, sym in items:
@@ -196,19 +200,28 @@ def module_relocs(img: ElfImage) -> ModuleRelocs:
                 )  # fmt: skip
         elif sec.info in tables:
             name = tables[sec.info]
-            size, at, length = SITE_TABLES[name]
+            size, at, length, length_at = known[name]
             data = img.section_bytes(sec.info)
             for offset, _, addend, sym in items:
                 shndx = syms.shndx[sym]
                 if (size and offset % size != at) or not 0 < shndx < len(img.sections):
                     continue
                 span = length
-                if span is None:  # paravirt: the entry's len byte
-                    entry = offset - at
-                    span = data[entry + 9] if entry + 9 < len(data) else 16
+                if span is None:  # the entry's len byte
+                    entry = offset - at + length_at
+                    span = data[entry] if entry < len(data) else 16
                 where = img.sections[shndx].name
                 sites.append(PatchSite(name, where, values[sym] + addend, span))
-    return ModuleRelocs(tuple(relocs), tuple(sites))
+    size = fields_aarch64.plt_size(slots)
+    return ModuleRelocs(tuple(relocs), tuple(sites), img.machine.label, size)
+
+
+def reads(found: ModuleRelocs) -> list[tuple[str, int, int]]:
+    """What to read after insmod, as (section, offset, width): each relocated field outside
+    freed init sections, in order, then the .plt when the module may have one in use."""
+    out = [(r.section, r.offset, fields.width(found.machine, r.type)) for r in found.relocs]
+    out = [field for field in out if not is_init(field[0])]
+    return [*out, (PLT, 0, found.plt_size)] if found.plt_size else out
 
 
 def record_of(
@@ -220,10 +233,11 @@ def record_of(
     table_text: int | None,
     symbols: tuple[tuple[str, str, int], ...] = (),
 ) -> MemoryRecord:
-    """The record of one loaded module: `values` are the bytes read for each relocation
-    outside freed init sections, in order (none when `error`)."""
+    """The record of one loaded module: `values` are the bytes read for each of `reads(found)`
+    (the relocations outside freed init sections, maybe then the .plt; none when `error`)."""
     read = iter(values)
     fields = tuple("" if is_init(r.section) or error else next(read).hex() for r in found.relocs)
+    plt = next(read, b"").hex() if found.plt_size and not error else ""
     return MemoryRecord(
         error=error,
         relocs=found.relocs,
@@ -233,6 +247,8 @@ def record_of(
         predicted=predicted,
         table_text=table_text,
         symbols=symbols,
+        machine=found.machine,
+        plt=plt,
     )
 
 
@@ -246,6 +262,7 @@ def verify(record: MemoryRecord, kallsyms: KallsymsIndex) -> MemoryVerdict:
         return MemoryVerdict(total=len(record.relocs), error=record.error)
     total = len(record.relocs)
     bases = dict(record.bases)
+    plt = fields.Plt(bases.get(PLT, 0), bytes.fromhex(record.plt))
     predicted = _in_guest(dict(record.predicted), record.table_text, kallsyms)
     verified = init = patched = 0
     bad: list[str] = []
@@ -254,13 +271,13 @@ def verify(record: MemoryRecord, kallsyms: KallsymsIndex) -> MemoryVerdict:
             init += 1
             continue
         raw = bytes.fromhex(record.fields[index]) if index < len(record.fields) else b""
-        problem = _check(reloc, raw, bases, kallsyms, record.symbols)
+        problem = _check(record.machine, reloc, raw, bases, kallsyms, record.symbols, plt)
         if problem is None:
             problem = _intent(reloc, kallsyms, predicted, record.symbols)
             if problem is None:
                 verified += 1
                 continue
-        elif reloc.section in REWRITTEN_TABLES or _patched(reloc, record.sites):
+        elif reloc.section in REWRITTEN_TABLES or _patched(reloc, record):
             patched += 1
             continue
         bad.append(problem)
@@ -284,49 +301,40 @@ def live_address(
 
 def expected_field(reloc: KlpReloc, symbol: int, place: int) -> int:
     """The loader's value (x86-64 apply_relocate_add) at the field's width, unsigned."""
-    value = symbol + reloc.addend - (place if reloc.type in _PC_RELATIVE else 0)
-    return value & ((1 << (8 * reloc.width)) - 1)
+    return fields_x86_64.expected(reloc.type, reloc.addend, symbol, place)
 
 
 def _check(
+    machine: str,
     reloc: KlpReloc,
     raw: bytes,
     bases: dict[str, int],
     kallsyms: KallsymsIndex,
     symbols: tuple[tuple[str, str, int], ...],
+    plt: fields.Plt,
 ) -> str | None:
     base = bases.get(reloc.section)
     if base is None:
         return f"{reloc.label} ({reloc.symbol}): no loaded address for {reloc.section}"
-    width = reloc.width
+    width = fields.width(machine, reloc.type)
     if not width:
-        return None if reloc.type == 0 else f"{reloc.label}: {reloc_name(reloc.type)}"
+        if fields.is_none(machine, reloc.type):
+            return None
+        return f"{reloc.label}: {fields.machine(machine).reloc_name(reloc.type)}"
     if len(raw) != width:
         return f"{reloc.label} ({reloc.symbol}): field not read from memory"
     symbol = live_address(reloc, kallsyms, symbols)
     place = base + reloc.offset
-    held = int.from_bytes(raw, "little")
-    points = _target(reloc, held, place)
     if symbol is None:
-        return (
-            f"{reloc.label} ({reloc.symbol}): no such entry in the guest's kallsyms; "
-            f"memory points at {points:#x}"
-        )
-    if held != expected_field(reloc, symbol, place):
-        return (
-            f"{reloc.label} at {place:#x} ({reloc.symbol}): memory points at {points:#x}, "
-            f"kallsyms has {reloc.symbol} at {symbol:#x}"
-        )
-    return None
-
-
-def _target(reloc: KlpReloc, held: int, place: int) -> int:
-    """The address a field's value stands for (S in S+A or S+A-P)."""
-    bits = 8 * reloc.width
-    value = held - (1 << bits) if reloc.type != 10 and held >> (bits - 1) else held
-    if reloc.type in _PC_RELATIVE:
-        value += place
-    return (value - reloc.addend) & ((1 << 64) - 1)
+        held = fields.meaning(machine, reloc.type, reloc.addend, raw, place, plt)
+        return f"{reloc.label} ({reloc.symbol}): no such entry in the guest's kallsyms; {held}"
+    problem = fields.problem(machine, reloc.type, reloc.addend, raw, place, symbol, plt)
+    if problem is None:
+        return None
+    return (
+        f"{reloc.label} at {place:#x} ({reloc.symbol}): {problem}, "
+        f"kallsyms has {reloc.symbol} at {symbol:#x}"
+    )
 
 
 def _in_guest(
@@ -373,10 +381,11 @@ def _intent(
     )
 
 
-def _patched(reloc: KlpReloc, sites: tuple[PatchSite, ...]) -> bool:
-    start, end = reloc.offset, reloc.offset + max(reloc.width, 1)
+def _patched(reloc: KlpReloc, record: MemoryRecord) -> bool:
+    start, end = reloc.offset, reloc.offset + max(fields.width(record.machine, reloc.type), 1)
     return any(
-        s.section == reloc.section and s.offset < end and start < s.offset + s.length for s in sites
+        s.section == reloc.section and s.offset < end and start < s.offset + s.length
+        for s in record.sites
     )
 
 

@@ -24,7 +24,7 @@ from harness.kernels.kernel import Kernel
 from harness.klp.elfread import ElfImage
 from harness.suite.assertions import KallsymsIndex, parse_kallsyms
 from harness.suite.judge import judge, wants_kallsyms
-from harness.suite.memcheck import VMLINUX, MemoryRecord, is_init, module_relocs, record_of
+from harness.suite.memcheck import VMLINUX, MemoryRecord, module_relocs, reads, record_of
 from harness.suite.results import ModuleResult
 from harness.suite.samples import Expectation, Sample
 from harness.suite.transcript import Command, Crash, Role, Transcript
@@ -174,7 +174,7 @@ class _Recorder:
         except (HarnessError, ValueError) as err:
             self.memory = MemoryRecord(error=f"cannot read the module's klp relocations: {err}")
             return
-        fields = [(r.section, r.offset, r.width) for r in found.relocs if not is_init(r.section)]
+        fields = reads(found)  # every field outside freed init sections, then an arm64 .plt
         objects = sorted({r.obj for r in found.relocs} - {VMLINUX})
         read = self.kcore.read(self.sample.module, fields, objects)
         self.memory = record_of(

@@ -89,7 +89,9 @@ class KcoreReader:
         self, module: str, fields: Sequence[tuple[str, int, int]], objects: Sequence[str] = ()
     ) -> ModuleMemory:
         """The bytes at each (section, offset, width) of loaded `module`, and the kallsyms
-        entries of the module `objects` its klp symbols name (they may unload later)."""
+        entries of the module `objects` its klp symbols name (they may unload later). A field
+        may be a whole span: harness.suite.memcheck.reads asks for an arm64 module's .plt
+        this way, where the loader sends branches out of range."""
         odd = [name for name in (module, *objects) if not _NAME.fullmatch(name)]
         if odd:  # never into a shell line
             return ModuleMemory(f"cannot verify in memory: module name {odd[0]!r}", {}, ())

@@ -1,0 +1,78 @@
+"""Per machine, what its module loader writes at a relocated field (harness.suite.fields_x86_64,
+fields_aarch64) and which of the module's tables list sites the kernel rewrites after
+relocating: the choice harness.suite.memcheck makes by the module's machine label."""
+
+from __future__ import annotations
+
+from harness.klp.machines import AARCH64, MACHINES, X86_64, Machine
+from harness.suite import fields_aarch64, fields_x86_64
+from harness.suite.fields_aarch64 import Plt
+
+__all__ = ["Plt", "is_none", "machine", "meaning", "problem", "site_tables", "width"]
+
+# Tables of sites the kernel rewrites after relocation: entry size, where in the entry the
+# site's relocation is, the site's length, or None: the byte at entry + the 4th item.
+SiteTables = dict[str, tuple[int, int, int | None, int]]
+SITE_TABLES_X86_64: SiteTables = {
+    "__mcount_loc": (8, 0, 5, 0),
+    ".return_sites": (4, 0, 6, 0),
+    ".retpoline_sites": (4, 0, 6, 0),
+    ".call_sites": (4, 0, 6, 0),
+    ".ibt_endbr_seal": (4, 0, 4, 0),
+    ".smp_locks": (4, 0, 1, 0),
+    ".static_call_sites": (8, 0, 5, 0),
+    "__jump_table": (16, 0, 5, 0),
+    ".parainstructions": (16, 0, None, 9),  # paravirt's len byte
+    ".altinstructions": (0, 0, 16, 0),  # entry size varies by version: every site relocation
+}
+# arm64: ftrace's two NOPs per function (-fpatchable-function-entry=2, the kernel's ftrace
+# call sites), jump labels (a NOP or B), alternatives (struct alt_instr: orig_offset,
+# alt_offset, cpucap u16, orig_len u8 at 10); module_finalize() applies them after relocating.
+SITE_TABLES_AARCH64: SiteTables = {
+    "__patchable_function_entries": (8, 0, 8, 0),
+    "__jump_table": (16, 0, 4, 0),
+    ".altinstructions": (12, 0, None, 10),
+}
+NONE_TYPES = {X86_64.label: frozenset({0}), AARCH64.label: frozenset({0, 256})}
+
+
+def machine(label: str) -> Machine:
+    """The machine a record names; ValueError for a label harness.klp.machines lacks."""
+    for known in MACHINES.values():
+        if known.label == label:
+            return known
+    raise ValueError(f"memory: machine {label!r}")
+
+
+def site_tables(label: str) -> SiteTables:
+    return SITE_TABLES_AARCH64 if label == AARCH64.label else SITE_TABLES_X86_64
+
+
+def is_none(label: str, rtype: int) -> bool:
+    """A NONE relocation: the loader writes nothing (R_X86_64_NONE, R_ARM/AARCH64_NONE)."""
+    return rtype in NONE_TYPES.get(label, frozenset())
+
+
+def width(label: str, rtype: int) -> int:
+    """The field's width in bytes (0: nothing written, or a type the loader refuses)."""
+    return machine(label).loader.get(rtype, 0)
+
+
+def problem(
+    label: str, rtype: int, addend: int, raw: bytes, place: int, symbol: int, plt: Plt
+) -> str | None:
+    """None when `raw` at `place` holds what the machine's loader writes for `symbol`."""
+    if label == X86_64.label:
+        return fields_x86_64.problem(rtype, addend, raw, place, symbol)
+    if label == AARCH64.label:
+        return fields_aarch64.problem(rtype, addend, raw, place, symbol, plt)
+    return f"no decoder for {label} fields here"
+
+
+def meaning(label: str, rtype: int, addend: int, raw: bytes, place: int, plt: Plt) -> str:
+    """What `raw` at `place` stands for, as evidence."""
+    if label == X86_64.label:
+        return fields_x86_64.meaning(rtype, addend, raw, place)
+    if label == AARCH64.label:
+        return fields_aarch64.meaning(rtype, addend, raw, place, plt)
+    return f"memory holds {raw.hex()}"
