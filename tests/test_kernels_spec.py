@@ -75,7 +75,7 @@ def test_local_and_source(tmp_path: Path) -> None:
         ("debian:buster", "unknown suite"),
         ("debian:sid-backports", "unknown suite"),
         ("debian:bullseye-backports", "unknown suite"),
-        ("debian:6.1.0-47-arm64", "unknown suite or ABI"),
+        ("debian:6.1.0-47-i386", "unknown suite or ABI"),
     ],
 )
 def test_bad_specs(text: str, match: str) -> None:

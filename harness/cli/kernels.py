@@ -91,6 +91,7 @@ def describe(kernel: Kernel) -> list[tuple[str, str]]:
         ("spec", kernel.spec),
         ("name", kernel.name),
         ("release", kernel.release),
+        ("arch", kernel.arch),
         ("package version", kernel.package_version),
     ]
     rows += [("package", p) for p in kernel.packages]

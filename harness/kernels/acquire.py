@@ -1,5 +1,8 @@
 """Kernel acquisition: a spec in, a ready `Kernel` out (packages fetched with apt through a
-private root, extracted into the cache, headers made buildable, symbol table recovered)."""
+private root, extracted into the cache, headers made buildable, symbol table recovered).
+A Debian kernel of another architecture (arm64) comes through that architecture's apt root;
+its entry records `arch`, and its symbol table is placed by the link addresses of its headers'
+BTF vmlinux (see harness.kernels.anchors)."""
 
 from __future__ import annotations
 
@@ -21,10 +24,18 @@ from harness.cache import (
 from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels import kallsyms
-from harness.kernels.apt import AptRoot, pdeathsig, private_root
+from harness.kernels.anchors import link_addresses
+from harness.kernels.apt import HOST_DEBIAN_ARCH, AptRoot, pdeathsig, private_root
+from harness.kernels.arch import HOST, find_arch
 from harness.kernels.kernel import Kernel
 from harness.kernels.local import local_kernel, local_store
-from harness.kernels.resolve import Resolution, load_resolution, resolution_file, resolve_fresh
+from harness.kernels.resolve import (
+    Pkg,
+    Resolution,
+    load_resolution,
+    resolution_file,
+    resolve_fresh,
+)
 from harness.kernels.source_build import cached_source_kernel, source_kernel
 from harness.kernels.spec import Spec, parse_spec, resolve_name
 from harness.kernels.verify import (
@@ -35,11 +46,12 @@ from harness.kernels.verify import (
     debian_kernel,
     debian_rels,
     digest,
+    image_problem,
     record,
-    vmlinuz_problem,
 )
 
 MAX_AGE = 24 * 3600  # a suite's resolution is redone after this long (an ABI's never)
+KERNEL_HALF = 0xFFFF000000000000  # arm64 kernel addresses are above (any VA_BITS >= 48)
 
 
 def _mib(size: int) -> str:
@@ -89,9 +101,12 @@ def _extract(deb: Path, root: Path, printer: Printer) -> None:
         raise KernelError(f"dpkg-deb -x {deb} failed: {proc.stderr.strip()[-300:]}")
 
 
-def _fetch_debs(apt: AptRoot | None, res: Resolution, printer: Printer) -> Path:
+def _fetch_debs(
+    apt: AptRoot | None, res: Resolution, printer: Printer, arch: str = HOST_DEBIAN_ARCH
+) -> Path:
     """Every .deb of `res` in the cache and as apt recorded it (Size, SHA256): a damaged one
-    is fetched again, saying so."""
+    is fetched again, saying so. `arch` is the kernel's Debian architecture: its packages come
+    through its root, the host's linux-kbuild through the host's."""
     debs = cache_dir("debs")
     missing = []
     for p in res.packages:
@@ -104,15 +119,20 @@ def _fetch_debs(apt: AptRoot | None, res: Resolution, printer: Printer) -> Path:
         missing.append(p)
     if not missing:
         return debs
-    apt = apt or private_root()
     total = sum(p.size for p in missing)
     printer.say(f"downloading {len(missing)} packages ({_mib(total)})")
     if not printer.tty:  # a log names them; a terminal shows a progress bar
         for p in missing:
             printer.say(f"  {p.name} {p.version} ({_mib(p.size)})")
-    with locked(apt.root / "lists"):  # apt-get reads the lists an update rewrites
-        wanted = [(p.name, p.version) for p in missing]
-        apt.download(wanted, debs, printer=printer, size=total)
+    by_root: dict[str, list[Pkg]] = {}
+    for p in missing:
+        by_root.setdefault(HOST_DEBIAN_ARCH if p.arch == HOST_DEBIAN_ARCH else arch, []).append(p)
+    for root_arch, pkgs in by_root.items():
+        # `apt`, when given, is the root the resolution came from: the kernel's architecture's
+        root = apt if apt is not None and root_arch == arch else private_root(root_arch)
+        with locked(root.root / "lists"):  # apt-get reads the lists an update rewrites
+            wanted = [(p.name, p.version) for p in pkgs]
+            root.download(wanted, debs, printer=printer, size=sum(p.size for p in pkgs))
     for p in missing:
         path = debs / p.deb
         if not path.is_file():
@@ -138,14 +158,34 @@ def _sound(entry: Path, printer: Printer) -> dict[str, Any] | None:
         return None
 
 
+def _symbols(vmlinuz: Path, headers: Path, out: Path, arch: str) -> kallsyms.Recovered:
+    """The recovered table. For another architecture the tool may guess the Image's base
+    wrong (7.x arm64: _text at 0x3240000): the link addresses in the headers' BTF vmlinux
+    place it; without that file (6.1) the tool read an absolute base from the image, which
+    must then lie in the kernel half."""
+    if arch == HOST:
+        return kallsyms.recover(vmlinuz, out)
+    btf = headers / "vmlinux"
+    anchors = link_addresses(btf) if btf.is_file() else None
+    rec = kallsyms.recover(vmlinuz, out, anchors=anchors)
+    if anchors is None:
+        first = next(iter(kallsyms.read(out)), None)
+        if first is None or first.address < KERNEL_HALF:
+            raise KernelError(
+                f"{vmlinuz}: symbol table recovered at {first.address if first else 0:#x}, "
+                "not in the kernel half, and the headers ship no vmlinux to place it by"
+            )
+    return rec
+
+
 def _install(apt: AptRoot | None, res: Resolution, spec: Spec, printer: Printer) -> Kernel:
     entry = res.entry
     with locked(entry):
-        if meta := _sound(entry, printer):  # installed, or a concurrent run just repaired it
+        if meta := _sound(entry, printer):  # installed, or just repaired
             return Kernel.from_meta(spec.text, entry, debian_kernel(meta))
         for path, size in sweep_staging(entry):
             printer.warn(f"removed {path}, left by an interrupted run ({_mib(size)})")
-        debs = _fetch_debs(apt, res, printer)
+        debs = _fetch_debs(apt, res, printer, find_arch(spec.arch).debian)
         with staged_dir(entry) as tmp:
             root = tmp / "root"
             root.mkdir()
@@ -155,12 +195,12 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, printer: Printer)
             if not paths["vmlinuz"].is_file():
                 names = ", ".join(p.name for p in res.packages)
                 raise KernelError(f"{spec.text}: no vmlinuz for {res.abi} in {names}")
-            if problem := vmlinuz_problem(paths["vmlinuz"]):
+            if problem := image_problem(paths["vmlinuz"], spec.arch):
                 raise KernelError(f"{spec.text}: {problem}")
             headers = root / "usr/src" / f"linux-headers-{res.abi}"
             _fix_headers(headers, entry / "root")
             printer.say(f"recovering the symbol table from {paths['vmlinuz'].name}")
-            rec = kallsyms.recover(paths["vmlinuz"], tmp / "kallsyms")
+            rec = _symbols(paths["vmlinuz"], headers, tmp / "kallsyms", spec.arch)
             printer.say(f"{rec.count} symbols in {rec.seconds:.1f} s")
             info: dict[str, Any] = {
                 "abi": res.abi,
@@ -172,6 +212,8 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, printer: Printer)
                 "symbols_seconds": round(rec.seconds, 2),
                 "debs": {p.deb: list(digest(debs / p.deb)) for p in res.packages},
             }
+            if spec.arch != HOST:
+                info["arch"] = spec.arch
             info["files"] = record(tmp, debian_rels(tmp, info))
             atomic_write_text(tmp / "kernel.json", json.dumps(info, indent=1))
             (tmp / MARKER).touch()

@@ -1,5 +1,7 @@
 """A private apt root under the cache: the host's Debian mirror, every kernel suite, and
-nothing of the system's apt state touched (own sources, lists, archives, status, pins)."""
+nothing of the system's apt state touched (own sources, lists, archives, status, pins).
+Each Debian architecture has its own root (`apt` for amd64, `apt-arm64`, ...): apt then reads
+and fetches that architecture only, and the amd64 root stays what it always was."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from harness.errors import KernelError
 from harness.kernels.mirrors import AptSource, Mirrors, find_mirrors, read_host_sources
 from harness.kernels.releases import all_suites
 
+HOST_DEBIAN_ARCH = "amd64"  # the root named plain `apt`
 LISTS_MAX_AGE = 24 * 3600
 PROGRESS_SECONDS = 0.5  # how often a download's progress is looked at
 DOWNLOAD_DIR = r"\.dl\.[a-z0-9_]{8}"  # apt-get download's temp dirs (mkdtemp's 8 characters)
@@ -107,6 +110,7 @@ class AptRoot:
 
     root: Path
     mirrors: Mirrors
+    arch: str = HOST_DEBIAN_ARCH  # Debian's name of the architecture whose lists apt reads
     updated: bool = field(default=False)  # an update ran in this process
 
     @property
@@ -128,9 +132,11 @@ class AptRoot:
         if not src.is_file() or src.read_text() != want:
             atomic_write_text(src, want)
             (self.lists / ".stamp").unlink(missing_ok=True)  # new sources: lists are stale
-        for name in ("sources.list", "preferences"):
-            (etc / name).touch()
-        (self.root / "state" / "status").touch()  # an empty dpkg status: nothing installed
+        # Created once, never touched again: apt rebuilds its 100 MB binary cache (seconds)
+        # whenever one of these is newer than it.
+        for path in (etc / "sources.list", etc / "preferences", self.root / "state/status"):
+            if not path.exists():
+                path.touch()  # the status empty: nothing installed
         # The host's hooks (appstream, packagekit) must not run for our updates.
         conf = etc / "apt.conf"
         hooks = (
@@ -160,8 +166,8 @@ class AptRoot:
             # the host may disable the binary cache (docker images do): each call would then
             # re-parse every list, seconds per query; the source cache would double its 100 MB
             "Dir::Cache::pkgcache": "pkgcache.bin",
-            "APT::Architecture": "amd64",
-            "APT::Architectures": "amd64",
+            "APT::Architecture": self.arch,
+            "APT::Architectures": self.arch,
             "Acquire::Languages": "none",
             "APT::Sandbox::User": "root" if os.geteuid() == 0 else os.environ.get("USER", ""),
         }
@@ -292,17 +298,23 @@ def _wait_downloading(
     return out, err
 
 
-def private_root() -> AptRoot:
-    """The private apt root under the cache, set up (its lists as they are)."""
-    apt = AptRoot(cache_dir("apt"), find_mirrors(read_host_sources()))
+def root_dir(arch: str = HOST_DEBIAN_ARCH) -> Path:
+    """Where the private apt root of Debian architecture `arch` lives in the cache."""
+    return cache_dir("apt" if arch == HOST_DEBIAN_ARCH else f"apt-{arch}")
+
+
+def private_root(arch: str = HOST_DEBIAN_ARCH) -> AptRoot:
+    """The private apt root of Debian architecture `arch` under the cache, set up (its lists
+    as they are)."""
+    apt = AptRoot(root_dir(arch), find_mirrors(read_host_sources()), arch)
     with locked(apt.root / "lists"):
         apt.setup()
     return apt
 
 
-def apt_root(*, printer: Printer | None = None) -> AptRoot:
+def apt_root(*, printer: Printer | None = None, arch: str = HOST_DEBIAN_ARCH) -> AptRoot:
     """The private apt root, set up and with fresh lists (for look-ups beyond acquire)."""
-    apt = private_root()
+    apt = private_root(arch)
     with locked(apt.root / "lists"):
         apt.ensure_fresh(printer=printer)
     return apt

@@ -17,6 +17,7 @@ from harness.cache import cache_dir, locked
 from harness.console import Printer
 from harness.errors import KernelError
 from harness.kernels.apt import pdeathsig, private_root
+from harness.kernels.arch import find_arch
 from harness.kernels.kernel import Kernel
 
 
@@ -67,7 +68,7 @@ def extract_vmlinux(deb: Path, dest: Path, release: str) -> None:
 def debug_vmlinux(kernel: Kernel, printer: Printer) -> Iterator[Path]:
     """The kernel's linked vmlinux, in a temp dir removed (with the package) afterwards."""
     name, version = debug_package(kernel)
-    apt = private_root()
+    apt = private_root(find_arch(kernel.arch).debian)
     record = apt.show(f"{name}={version}")
     if record is None:
         raise KernelError(

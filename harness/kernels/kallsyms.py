@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +49,19 @@ def system_map_text(system_map: Path) -> int:
 
 
 def recover(
-    vmlinuz: Path, out: Path, timeout: float = 600, *, system_map: Path | None = None
+    vmlinuz: Path,
+    out: Path,
+    timeout: float = 600,
+    *,
+    system_map: Path | None = None,
+    anchors: Mapping[str, int] | None = None,
 ) -> Recovered:
     """Run kallsyms-finder on `vmlinuz`, write `out` as `<16-hex> <type> <name>` lines in
     the kernel's kallsyms order. Raises KernelError on any failure. An arm64 Image holds
     kallsyms relative to a base the tool guesses wrong (the image's load offset): with the
-    build's `system_map` every address moves so that `_text` lands where it was linked."""
+    build's `system_map` every address moves so that `_text` lands where it was linked;
+    with `anchors` ({name: link address}, e.g. harness.kernels.anchors) so that every anchor
+    found once in the table lands on its address, which must take one and the same move."""
     tool = python_tool(TOOL)
     if tool is None:
         raise KernelError(f"{TOOL} not found on PATH (install the vmlinux-to-elf package)")
@@ -78,12 +87,34 @@ def recover(
         if not text:
             raise KernelError(f"{TOOL} found no _text in {vmlinuz}")
         shift = system_map_text(system_map) - text[0]
+    elif anchors:
+        shift = anchored_shift(found, anchors, vmlinuz)
     lines = [f"{(int(a, 16) + shift) % (1 << 64):016x} {t} {n}\n" for a, t, n in found]
     if len(lines) < 1000:
         raise KernelError(f"{TOOL} found only {len(lines)} symbols in {vmlinuz}")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "".join(lines))
     return Recovered(out, len(lines), time.monotonic() - start)
+
+
+def anchored_shift(
+    found: Sequence[Sequence[str]], anchors: Mapping[str, int], vmlinuz: Path
+) -> int:
+    """The one move that puts each anchor named once in `found` on its link address."""
+    once = Counter(name for _, _, name in found)
+    moves = Counter(
+        (anchors[name] - int(a, 16)) % (1 << 64)
+        for a, _, name in found
+        if once[name] == 1 and name in anchors
+    )
+    if not moves:
+        raise KernelError(f"none of {len(anchors)} anchor symbols is in the table of {vmlinuz}")
+    if len(moves) > 1:
+        raise KernelError(
+            f"anchor symbols disagree on where the table of {vmlinuz} lies "
+            f"({len(moves)} different bases); not placing it"
+        )
+    return next(iter(moves))
 
 
 def count(path: Path) -> int:

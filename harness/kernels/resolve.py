@@ -1,22 +1,30 @@
 """What a kernel spec names now: apt's dependency data, read through a private apt root, turned
-into the packages (name, version, Size, SHA256) of one kernel ABI, and kept in the cache."""
+into the packages (name, version, Size, SHA256) of one kernel ABI, and kept in the cache.
+
+A kernel of another architecture (`debian:trixie-backports:arm64`) is read through that
+architecture's own apt root, except its `linux-kbuild-*`: the tools modules are built with
+(fixdep, modpost) must run on this host, so they come from the host's root, the same version
+(linux-kbuild-* is Multi-Arch: foreign, so the host's build satisfies the headers' Depends)."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.cache import atomic_write_text, cache_dir, cache_key, locked
 from harness.console import Printer
 from harness.errors import KernelError
-from harness.kernels.apt import AptRoot, parse_depends, private_root
+from harness.kernels.apt import HOST_DEBIAN_ARCH, AptRoot, parse_depends, private_root
+from harness.kernels.arch import find_arch
 from harness.kernels.spec import Spec, is_abi, parse_spec
 
 _HEADERS_DEP = re.compile(r"^linux-(headers|kbuild)-")
 _SIGNED = re.compile(r"^linux-(image|binary)-.*(?<!-unsigned)$")
+_KBUILD = re.compile(r"^linux-kbuild-")
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,9 @@ class Resolution:
         return cache_dir("kernels") / f"debian-{self.abi}_{cache_key(self.version)}"
 
 
-def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
+def resolve_in(apt: AptRoot, spec: Spec, host: AptRoot | None = None) -> Resolution:
+    """What `spec` names in `apt`'s lists; `host`, the host's root when `apt` is of another
+    architecture, gives the linux-kbuild-* package."""
     pins = spec.suite_priorities() or None
     if spec.kind == "debian-suite":
         meta_name = f"linux-image-{spec.flavour}"
@@ -90,6 +100,8 @@ def _resolve(apt: AptRoot, spec: Spec) -> Resolution:
         if name in found or f"{name}-unsigned" in found:
             return
         rec = None
+        if host is not None and _KBUILD.match(name):  # tools that run here: the host's build
+            rec = host.show(f"{name}={want}", None)
         if _SIGNED.match(name):  # the -unsigned twin holds the same files, unsigned
             rec = apt.show(f"{name}-unsigned={want}", None)
         rec = rec or apt.show(f"{name}={want}", None) or apt.show(name, pins)
@@ -141,15 +153,20 @@ def resolve(spec_text: str, *, printer: Printer | None = None) -> Resolution:
 def resolve_fresh(spec: Spec, *, printer: Printer | None = None) -> tuple[AptRoot, Resolution]:
     """Resolve `spec` through the private apt root (its lists made fresh first) and save it."""
     printer = printer or Printer()
-    apt = private_root()
-    with locked(apt.root / "lists"):  # concurrent runs: one updates, the others wait
+    apt = private_root(find_arch(spec.arch).debian)
+    host = private_root() if apt.arch != HOST_DEBIAN_ARCH else None
+    with ExitStack() as held:  # concurrent runs: one updates, the others wait
+        held.enter_context(locked(apt.root / "lists"))
         apt.ensure_fresh(printer=printer)
+        if host is not None:  # always taken after the foreign root's lock: no deadlock
+            held.enter_context(locked(host.root / "lists"))
+            host.ensure_fresh(printer=printer)
         try:
-            res = _resolve(apt, spec)
+            res = resolve_in(apt, spec, host)
         except KernelError:
             if apt.updated:
                 raise
             apt.update(printer=printer)  # a stale list may lack what the mirror has now: retry
-            res = _resolve(apt, spec)
+            res = resolve_in(apt, spec, host)
     save_resolution(spec, res)
     return apt, res

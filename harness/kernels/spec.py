@@ -14,13 +14,22 @@ from harness.kernels.datafile import read_tables
 from harness.kernels.releases import codenames, find_release
 from harness.paths import CONFIGS_DIR, KERNELS_DIR
 
-FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
+# Debian's kernel flavours (the ABI's last part) and the architecture each runs on.
+FLAVOURS = {
+    "amd64": "x86_64",
+    "cloud-amd64": "x86_64",
+    "rt-amd64": "x86_64",
+    "arm64": "arm64",
+    "arm64-16k": "arm64",
+    "cloud-arm64": "arm64",
+    "rt-arm64": "arm64",
+}
 
 SpecKind = Literal["debian-suite", "debian-abi", "source", "local"]
 
 # An ABI is what `uname -r` says: 6.1.0-56-amd64, 6.12.115+deb13.1-cloud-amd64,
-# 6.1.0-0.deb11.48-amd64.
-_ABI = re.compile(r"^(\d+\.\d+[0-9A-Za-z.+~-]*?)-(cloud-amd64|rt-amd64|amd64)$")
+# 6.1.0-0.deb11.48-amd64, 7.3.4+deb13-arm64, 6.12.117+deb13-arm64-16k.
+_ABI = re.compile(r"^(\d+\.\d+[0-9A-Za-z.+~-]*?)-(" + "|".join(FLAVOURS) + ")$")
 _SUITE = re.compile(r"^([a-z]+)(-backports)?(-cloud)?$")
 _SOURCE_VERSION = re.compile(r"^\d+\.\d+$")
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -42,12 +51,12 @@ class Spec:
     text: str
     release: str = ""  # debian-suite: "bookworm"
     backports: bool = False
-    flavour: str = "amd64"  # debian-*: "amd64" | "cloud-amd64" | "rt-amd64"
+    flavour: str = "amd64"  # debian-*: a key of FLAVOURS ("amd64", "cloud-arm64", ...)
     abi: str = ""  # debian-abi: "6.1.0-56-amd64"
     path: Path | None = None  # local
     ref: str = ""  # source: "6.1" (Debian's linux-source-6.1) or a tree's path
     config: str = ""  # source: a fragment name in kernels/configs, e.g. "livepatch"
-    arch: str = HOST  # source: the architecture built for (kernels/arches/arches.toml)
+    arch: str = HOST  # source, debian-*: the architecture (kernels/arches/arches.toml)
 
     @property
     def suite(self) -> str:
@@ -86,24 +95,52 @@ def parse_spec(text: str) -> Spec:
         return _source_spec(text, rest)
     if kind != "debian":
         raise KernelError(f"unknown kernel spec kind {kind!r} in {text!r} (debian, source, local)")
+    return _debian_spec(text, rest)
+
+
+def _debian_spec(text: str, rest: str) -> Spec:
+    """`debian:SUITE[-backports][-cloud][:ARCH]` or `debian:ABI[:ARCH]`; ARCH defaults to the
+    host's (an ABI's flavour names its own) and is left out of the normalised text then."""
+    arch = ""
+    head, sep, last = rest.rpartition(":")
+    if sep:
+        try:
+            find_arch(last)
+        except KernelError as err:
+            raise KernelError(f"bad debian spec {text!r}: {err}") from None
+        rest, arch = head, last
     if m := _ABI.match(rest):
-        return Spec("debian-abi", f"debian:{rest}", abi=rest, flavour=m.group(2))
+        flavour = m.group(2)
+        if arch and arch != FLAVOURS[flavour]:
+            own = FLAVOURS[flavour]
+            raise KernelError(
+                f"{text!r}: ABI {rest} is of flavour {flavour}, for {own}, not {arch}"
+            )
+        return Spec(
+            "debian-abi", f"debian:{rest}", abi=rest, flavour=flavour, arch=FLAVOURS[flavour]
+        )
+    arch = arch or HOST
     m = _SUITE.match(rest)
     found = find_release(m.group(1)) if m else None
     if not m or found is None:
         raise KernelError(
             f"unknown suite or ABI {rest!r} in {text!r} (releases: {', '.join(codenames())}; "
-            "add -backports and/or -cloud, or give an ABI such as 6.1.0-56-amd64)"
+            "add -backports and/or -cloud and :ARCH, or give an ABI such as 6.1.0-56-amd64)"
         )
     release, backports, cloud = m.group(1), bool(m.group(2)), bool(m.group(3))
     if backports and "backports" not in found.suites:
         raise KernelError(f"unknown suite {release}-backports in {text!r}: not on the mirror")
+    flavour = ("cloud-" if cloud else "") + find_arch(arch).debian
+    if FLAVOURS.get(flavour) != arch:
+        raise KernelError(f"{text!r}: Debian has no {flavour} kernel flavour for {arch}")
+    suffix = "" if arch == HOST else f":{arch}"
     return Spec(
         "debian-suite",
-        f"debian:{rest}",
+        f"debian:{rest}{suffix}",
         release=release,
         backports=backports,
-        flavour="cloud-amd64" if cloud else "amd64",
+        flavour=flavour,
+        arch=arch,
     )
 
 

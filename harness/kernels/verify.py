@@ -38,7 +38,7 @@ _KINDS = {str: "string", list: "list", int: "number", dict: "table"}
 
 def debian_kernel(meta: dict[str, Any]) -> KernelMeta:
     """The kernel a Debian entry's kernel.json (checked against DEBIAN_KEYS) records."""
-    return KernelMeta(
+    kernel = KernelMeta(
         name=f"debian-{meta['abi']}",
         release=meta["abi"],
         package_version=meta["version"],
@@ -48,6 +48,9 @@ def debian_kernel(meta: dict[str, Any]) -> KernelMeta:
         config=meta["config"],
         headers=meta["headers"],
     )
+    if isinstance(meta.get("arch"), str):  # a kernel of another architecture (arm64)
+        kernel["arch"] = meta["arch"]
+    return kernel
 
 
 class DamagedEntry(KernelError):
@@ -205,7 +208,7 @@ def _legacy_problem(entry: Path, meta: dict[str, Any]) -> str:
     for need in ("Makefile", "Module.symvers"):
         if not (paths["headers"] / need).is_file():
             return f"{meta['headers']}/{need}: missing"
-    if problem := vmlinuz_problem(paths["vmlinuz"]):
+    if problem := image_problem(paths["vmlinuz"], meta.get("arch", "x86_64")):
         return problem
     try:
         with open(entry / "kallsyms", "rb") as handle:
@@ -238,7 +241,8 @@ def debian_entry(entry: Path) -> dict[str, Any] | None:
                 return meta
     if problem := files_problem(entry, meta["files"]):
         raise DamagedEntry(problem)
-    if problem := vmlinuz_problem(_debian_paths(entry, meta)["vmlinuz"]):
+    arch = meta.get("arch", "x86_64")
+    if problem := image_problem(_debian_paths(entry, meta)["vmlinuz"], arch):
         raise DamagedEntry(problem)
     if not (_debian_paths(entry, meta)["headers"] / "scripts").resolve().is_dir():
         raise DamagedEntry(f"{meta['headers']}/scripts: does not resolve")

@@ -74,12 +74,14 @@ def parse_madison(text: str, family: set[str], flavour: str) -> list[KernelVersi
 def reachable_versions(spec_text: str) -> list[KernelVersion]:
     """Every ABI of the suite's kernel series that apt can still fetch, oldest first."""
     from harness.kernels.apt import apt_root
+    from harness.kernels.arch import find_arch
     from harness.kernels.resolve import resolve
 
     family = _suite_family(spec_text)
-    flavour = parse_spec(spec_text).flavour
+    spec = parse_spec(spec_text)
+    flavour = spec.flavour
     current = resolve(spec_text)
-    apt = apt_root()
+    apt = apt_root(arch=find_arch(spec.arch).debian)
     names = subprocess.run(
         ["apt-cache", *apt.options(), "pkgnames", "linux-image-"],
         capture_output=True,
