@@ -88,9 +88,9 @@ def test_cross_toolchain() -> None:
     assert chain.cc == "aarch64-linux-gnu-gcc" and chain.gcc_major == 12
     assert chain.command(["make", "-C", "x"])[:3] == ["make", *arm.make_vars()]
     assert chain.make_args() == arm.make_vars()
-    newer = parse_cc_version_text("aarch64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0")
-    with pytest.raises(ToolchainError, match="built with gcc-14, the host's aarch64-linux-gnu-gcc"):
-        cross_toolchain(arm, newer)
+    clang = parse_cc_version_text("Debian clang version 19.1.7 (3)")
+    with pytest.raises(ToolchainError, match="only gcc"):
+        cross_toolchain(arm, clang)
 
 
 def test_sample_condition_on_architecture() -> None:
@@ -105,3 +105,21 @@ def test_report_label_names_another_architecture() -> None:
     row = KernelRow(spec="source:7.3:livepatch:arm64", release="7.3.4-klp-livepatch", arch="arm64")
     assert row.label == "7.3.4-klp-livepatch arm64"
     assert KernelRow(spec="s", release="7.3.4-klp-livepatch", arch="x86_64").label.endswith("patch")
+
+
+def test_cross_build_root_is_its_own() -> None:
+    from harness.build.buildroot import buildroot_path
+
+    assert buildroot_path("trixie").name == "trixie"
+    assert buildroot_path("trixie", "aarch64-linux-gnu-").name == "trixie-aarch64-linux-gnu"
+
+
+@pytest.mark.slow_build
+def test_cross_toolchain_from_a_build_root() -> None:
+    """A kernel built with a gcc the host has no cross compiler of (Debian's 7.3 arm64:
+    aarch64-linux-gnu-gcc 14): the trixie root with gcc-aarch64-linux-gnu builds for it."""
+    kernel_cc = parse_cc_version_text("aarch64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0")
+    chain = cross_toolchain(find_arch("arm64"), kernel_cc)
+    assert chain.kind == "buildroot" and chain.gcc_major == 14 and chain.root is not None
+    assert chain.root.name == "trixie-aarch64-linux-gnu"
+    assert "aarch64-linux-gnu-gcc" in chain.description

@@ -57,8 +57,8 @@ def packages_for(suite: str) -> tuple[str, ...]:
     return (f"gcc-{release.gcc}", "gcc", *BASE_PACKAGES)
 
 
-def buildroot_path(suite: str) -> Path:
-    return cache_dir("buildroots") / suite
+def buildroot_path(suite: str, cross: str = "") -> Path:
+    return cache_dir("buildroots") / (f"{suite}-{cross.rstrip('-')}" if cross else suite)
 
 
 def _marker_ok(root: Path, packages: Sequence[str]) -> bool:
@@ -69,10 +69,14 @@ def _marker_ok(root: Path, packages: Sequence[str]) -> bool:
     return isinstance(data, dict) and data.get("packages") == list(packages)
 
 
-def ensure_buildroot(suite: str, *, printer: Printer | None = None) -> Path:
-    """The cached root for `suite`, created with mmdebstrap (about 40 s) when missing."""
+def ensure_buildroot(suite: str, *, printer: Printer | None = None, cross: str = "") -> Path:
+    """The cached root for `suite`, created with mmdebstrap (about 40 s) when missing; with
+    `cross` (a CROSS_COMPILE prefix, "aarch64-linux-gnu-") a root of its own that also holds
+    the suite's cross gcc for that triplet (Debian's gcc-<triplet>)."""
     packages = packages_for(suite)
-    final = buildroot_path(suite)
+    if cross:
+        packages = (*packages, f"gcc-{cross.rstrip('-')}")
+    final = buildroot_path(suite, cross)
     if _marker_ok(final, packages):
         return final
     if os.geteuid() != 0:
@@ -89,7 +93,7 @@ def ensure_buildroot(suite: str, *, printer: Printer | None = None) -> Path:
             raise ToolchainError(f"{err}; or set {MIRROR_ENV}") from None
         printer = printer or Printer()
         printer.say(f"creating the {suite} build root with mmdebstrap (about 40 s) in {final}")
-        log = final.parent / f"{suite}.log"
+        log = final.parent / f"{final.name}.log"
         start = time.monotonic()
         with staged_dir(final) as tmp:
             tmp.chmod(0o755)  # mkdtemp makes 0700; this becomes the root's "/"

@@ -170,7 +170,7 @@ def _root_toolchain(suite: str, kernel_cc: CompilerVersion, printer: Printer) ->
 
 
 # Per compiler text, so repeated calls (every build step asks) spawn no compiler again.
-_SELECTED: dict[tuple[str, Path], Toolchain] = {}
+_SELECTED: dict[tuple[str, str, Path], Toolchain] = {}
 
 
 def select(kernel: Kernel, *, printer: Printer | None = None) -> Toolchain:
@@ -178,35 +178,44 @@ def select(kernel: Kernel, *, printer: Printer | None = None) -> Toolchain:
     a cached Debian build root whose suite ships that gcc (created on first use)."""
     kernel_cc = kernel_compiler(kernel)
     arch = find_arch(kernel.arch)
-    if not arch.native:
-        return cross_toolchain(arch, kernel_cc)
-    key = (kernel_cc.text, cache_root())  # the root's place follows the cache dir
+    key = (kernel_cc.text, arch.name, cache_root())  # the root's place follows the cache dir
     known = _SELECTED.get(key)
     if known is not None and (known.root is None or (known.root / buildroot.MARKER).exists()):
         return known
-    chosen = _select(kernel_cc, printer or Printer())
+    if arch.native:
+        chosen = _select(kernel_cc, printer or Printer())
+    else:
+        chosen = cross_toolchain(arch, kernel_cc, printer)
     _SELECTED[key] = chosen
     return chosen
 
 
-def cross_toolchain(arch: Arch, kernel_cc: CompilerVersion) -> Toolchain:
-    """The host's cross gcc for `arch` (Debian's gcc-<triplet>), of the kernel's gcc major:
-    every make gets ARCH= and CROSS_COMPILE=, which also name the compiler."""
+def cross_toolchain(
+    arch: Arch, kernel_cc: CompilerVersion, printer: Printer | None = None
+) -> Toolchain:
+    """The cross gcc for `arch` (Debian's gcc-<triplet>) of the kernel's gcc major: the
+    host's, else the one of a build root whose suite ships that major. Every make gets ARCH=
+    and CROSS_COMPILE=, which also name the compiler."""
     if kernel_cc.family != "gcc":
         raise ToolchainError(f"{arch.name}: kernel built with {kernel_cc.text!r}: only gcc")
     cc = f"{arch.cross_compile}gcc"
+    make_vars = tuple(arch.make_vars())
     line = _version_line([cc, "--version"]) if shutil.which(cc) else None
-    if line is None:
+    found = parse_cc_version_text(line) if line else None
+    if line and found and found.major == kernel_cc.major:
+        return Toolchain("host", f"host {line}", cc, None, found.major, make_vars)
+    suite = suite_for(kernel_cc, None)
+    if suite is None:  # only when the kernel's gcc is the host's
         raise ToolchainError(
             f"{arch.name}: no {cc} on the host (apt-get install {' '.join(arch.packages)})"
         )
-    found = parse_cc_version_text(line)
-    if found.major != kernel_cc.major:
-        raise ToolchainError(
-            f"{arch.name}: the kernel was built with gcc-{kernel_cc.major}, the host's {cc} "
-            f"is gcc-{found.major}"
-        )
-    return Toolchain("host", f"host {line}", cc, None, found.major, tuple(arch.make_vars()))
+    root = ensure_buildroot(suite, printer=printer or Printer(), cross=arch.cross_compile)
+    probe = Toolchain("buildroot", "", cc, root, kernel_cc.major, make_vars)
+    line = _version_line(probe.command([cc, "--version"]))
+    found = parse_cc_version_text(line) if line else None
+    if not line or not found or found.major != kernel_cc.major:
+        raise ToolchainError(f"{root}: no {cc} of gcc-{kernel_cc.major} in the {suite} root")
+    return Toolchain("buildroot", f"buildroot {suite} {line}", cc, root, found.major, make_vars)
 
 
 # What LLVM=<suffix> makes kbuild run besides clang (scripts/Makefile.clang, Makefile).
