@@ -27,6 +27,7 @@ class Arch:
     qemu: str  # the QEMU system emulator
     elf_machine: int  # e_machine of its modules
     kconfig: str  # the option its .config sets: "X86_64", "ARM64"
+    symbols: str  # where a source build's table comes from: "image" (kallsyms-finder), "system-map"
     packages: tuple[str, ...]  # Debian packages that build and boot it on the host
 
     @property
@@ -69,6 +70,7 @@ _KEYS: dict[str, type] = {
     "qemu": str,
     "elf_machine": int,
     "kconfig": str,
+    "symbols": str,
     "packages": list,
 }
 
@@ -84,6 +86,8 @@ def _arch(table: object, where: str) -> Arch:
             raise ExpectationError(f"{where}: '{key}' must be of type {kind.__name__}")
     if not all(isinstance(p, str) for p in table["packages"]):
         raise ExpectationError(f"{where}: 'packages' must be a list of strings")
+    if table["symbols"] not in ("image", "system-map"):
+        raise ExpectationError(f'{where}: \'symbols\' is "image" or "system-map"')
     return Arch(**{**table, "packages": tuple(table["packages"])})
 
 

@@ -63,7 +63,10 @@ def local_kernel(spec: Spec, *, printer: Printer | None = None) -> Kernel:
         if not (table.is_file() and stamp.is_file() and stamp.read_text() == want):
             printer.say(f"recovering the symbol table from {need[image_name]}")
             rebase = None if arch.name == HOST else need["System.map"]
-            rec = kallsyms.recover(need[image_name], table, system_map=rebase)
+            if arch.symbols == "system-map":
+                rec = kallsyms.from_system_map(need["System.map"], table)
+            else:
+                rec = kallsyms.recover(need[image_name], table, system_map=rebase)
             printer.say(f"{rec.count} symbols in {rec.seconds:.1f} s")
             atomic_write_text(stamp, want)
     installed = tree / "lib/modules" / release  # `make modules_install INSTALL_MOD_PATH=<tree>`

@@ -259,7 +259,10 @@ def _build_entry(
     printer.say(f"recovering the symbol table from {image}")
     system_map = objdir / "System.map"
     rebase = None if arch.name == HOST else system_map
-    rec = kallsyms.recover(image, entry / "kallsyms", system_map=rebase)
+    if arch.symbols == "system-map":
+        rec = kallsyms.from_system_map(system_map, entry / "kallsyms")
+    else:
+        rec = kallsyms.recover(image, entry / "kallsyms", system_map=rebase)
     differ = check_system_map(rec.path, system_map)
     if differ:
         raise KernelError(
