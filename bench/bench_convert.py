@@ -181,7 +181,7 @@ def main() -> int:
     entry = python_tool("klp-harness")
     cli = [entry] if entry else [sys.executable, "-m", "harness.cli.main"]
     cli += ["convert", str(ko), "-o", str(out), "--system-map", str(system_map)]
-    cli += ["--symvers", str(symvers)]
+    cli += ["--symvers", str(symvers), "--strip-signature"]  # Debian signs its modules
     py = [sys.executable, "-c"]
     processes = {
         "objcopy": [objcopy_for(ko), str(ko), str(copy)],

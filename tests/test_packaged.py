@@ -156,6 +156,23 @@ def test_signed_plain_ko_stripped_and_converted(
     assert tool("modinfo", "-F", "signer", out).stdout == ""
 
 
+def test_signed_plain_ko_with_nothing_to_convert_is_stripped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every reference exported: the converter copies the module as it is, signature and
+    all; the delivered copy is the module without its signature."""
+    from harness.klp.convert import undefined_symbols
+
+    symvers = tmp_path / "Module.symvers"
+    names = [*sorted(undefined_symbols(SIGNED_MODULE)), "klp_enable_patch"]
+    symvers.write_text("".join(f"0x00000001\t{n}\tvmlinux\tEXPORT_SYMBOL\t\n" for n in names))
+    out = tmp_path / "tcp_vegas.ko"
+    args = ["convert", str(SIGNED_MODULE), "--strip-signature", *TARGET_61, "-o", str(out)]
+    status, _, err = run([*args, "--symvers", str(symvers)], capsys)
+    assert status == 0, err
+    assert out.read_bytes() == unsigned(SIGNED_MODULE.read_bytes(), "m")
+
+
 def test_strip_gives_back_the_unsigned_module() -> None:
     """The trailer's lengths, read as the kernel's mod_check_sig reads them: what is left
     ends where the ELF ends (its section header table is last in a kbuild .ko)."""

@@ -11,6 +11,7 @@ a signer is given, compressed when its name ends in .xz, .zst or .gz).
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,14 +21,23 @@ from typing import TYPE_CHECKING
 from harness.build.sign import (
     MAGIC,
     SIGNED_LIMIT,
+    TRAILER,
     SignedModuleError,
     Signer,
+    is_signed,
     sign,
     unsigned,
+    unsigned_size,
 )
 from harness.errors import FileReadError
 from harness.fileio import printable, read_regular
-from harness.klp.compressed import kind_of_name, plain_name, read_module, write_module
+from harness.klp.compressed import (
+    kind_of_data,
+    kind_of_name,
+    plain_name,
+    read_module,
+    write_module,
+)
 from harness.klp.convert import ConvertReport
 from harness.klp.elfread import MODULE_LIMIT
 
@@ -57,6 +67,8 @@ def deliver(
     """Convert `src` into `dst` (the same path rewrites it in place, keeping its
     compression). See the module docstring."""
     label = printable(src)
+    if signer is None and kind_of_name(dst) is None and (peek := _peek(src)) is not None:
+        return _plain(src, dst, convert, peek, label, strip_signature)
     try:
         data, kind = read_module(src, MODULE_LIMIT)
     except FileReadError:  # missing, unreadable, not a regular file: the converter says so
@@ -86,6 +98,48 @@ def deliver(
             body = read_regular(plain, SIGNED_LIMIT)
         write_module(dst, [body], mode)
     return Delivered(replace(report, output=dst), compression, signer, signed)
+
+
+def _peek(src: Path) -> tuple[bytes, int] | None:
+    """The last TRAILER bytes and the size of a plain (uncompressed, by name and content)
+    regular file; None for anything else, which the full path handles and judges."""
+    if kind_of_name(src) is not None:
+        return None
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MODULE_LIMIT:
+            return None
+        if kind_of_data(os.pread(fd, 6, 0)) is not None:
+            return None
+        tail = os.pread(fd, TRAILER, max(0, info.st_size - TRAILER))
+        return tail, info.st_size
+    finally:
+        os.close(fd)
+
+
+def _plain(
+    src: Path, dst: Path, convert: Convert, peek: tuple[bytes, int], label: str, strip: bool
+) -> Delivered:
+    """A plain module to a plain output, unsigned: converted straight into `dst` without
+    reading it whole here (the converter drops a signature when it rewrites the ELF)."""
+    tail, size = peek
+    signed = tail.endswith(MAGIC)
+    if signed and not strip:
+        raise SignedModuleError(
+            f"{label}: carries a module signature; converting would invalidate it: give "
+            "--strip-signature to drop it (then sign again with --sign-key/--sign-cert)"
+        )
+    if signed:
+        unsigned_size(tail, size, label)  # a malformed trailer is refused before writing
+    report = convert(src, dst)
+    if signed and is_signed(dst):  # nothing to convert: a copy of the input, signature and all
+        body = read_regular(dst, SIGNED_LIMIT)
+        write_module(dst, [unsigned(body, label)], os.stat(dst).st_mode & 0o777)
+    return Delivered(report, None, None, signed)
 
 
 def unsigned_warning(kernel: Kernel | None) -> str | None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # `convert` imports this module on every run: no more than it
 
 MAGIC = b"~Module signature appended~\n"
 INFO_SIZE = 12  # struct module_signature
+TRAILER = INFO_SIZE + len(MAGIC)  # what ends a signed module after the signature itself
 PKEY_ID_PKCS7 = 2  # the only id_type kernels still accept
 SIGNED_LIMIT = (1 << 30) + (1 << 20)  # a module (elfread.MODULE_LIMIT) and its signature
 SIGN_TIMEOUT = 300  # seconds: an RSA-4096 signature of a 1 GiB module on a slow machine
@@ -68,10 +69,16 @@ def unsigned(data: bytes, label: str) -> bytes:
     checked as the kernel's mod_check_sig checks it; a malformed one is a SignatureError."""
     if not data.endswith(MAGIC):
         return data
-    end = len(data) - len(MAGIC) - INFO_SIZE
-    if end < 0:
+    return data[: unsigned_size(data[-TRAILER:], len(data), label)]
+
+
+def unsigned_size(tail: bytes, size: int, label: str) -> int:
+    """The size of a signed module of `size` bytes without its signature, from its last
+    TRAILER bytes `tail` (so a large module need not be read whole to check it)."""
+    end = size - TRAILER
+    if end < 0 or len(tail) < TRAILER:
         raise SignatureError(f"{label}: module signature trailer truncated")
-    info = data[end : end + INFO_SIZE]
+    info = tail[-TRAILER : -len(MAGIC)]
     sig_len = int.from_bytes(info[8:12], "big")
     if info[2] != PKEY_ID_PKCS7 or any(info[:2]) or any(info[3:8]):
         raise SignatureError(
@@ -83,7 +90,7 @@ def unsigned(data: bytes, label: str) -> bytes:
             f"{label}: malformed module signature (signature length {sig_len} "
             f"for {end} bytes before it)"
         )
-    return data[: end - sig_len]
+    return end - sig_len
 
 
 def strip_signature(ko: Path, out: Path) -> None:
