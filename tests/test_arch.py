@@ -123,3 +123,21 @@ def test_cross_toolchain_from_a_build_root() -> None:
     assert chain.kind == "buildroot" and chain.gcc_major == 14 and chain.root is not None
     assert chain.root.name == "trixie-aarch64-linux-gnu"
     assert "aarch64-linux-gnu-gcc" in chain.description
+
+
+def test_ppc64le_row_and_its_table_from_system_map(tmp_path: Path) -> None:
+    ppc = find_arch("ppc64le")
+    assert (ppc.kbuild, ppc.vng, ppc.elf_machine, ppc.target) == (
+        "powerpc",
+        "ppc64el",
+        21,
+        "vmlinux",
+    )
+    assert ppc.symbols == "system-map" and find_arch("arm64").symbols == "image"
+    from harness.kernels.kallsyms import from_system_map, read
+
+    lines = [f"c00000000000{i:04x} T f{i}\n" for i in range(1200)]
+    system_map = tmp_path / "System.map"
+    system_map.write_text("c000000000000000 ? __nosave_begin\n" + "".join(lines))
+    rec = from_system_map(system_map, tmp_path / "kallsyms")
+    assert rec.count == 1200 and read(rec.path)[0].name == "f0"  # the linker's `?` marks dropped
