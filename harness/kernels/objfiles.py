@@ -4,12 +4,13 @@ address. Used by harness.kernels.sourcefiles to name the full path of an STT_FIL
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from harness.errors import KernelError
@@ -132,9 +133,32 @@ def object_locals(path: Path) -> frozenset[str]:
     return frozenset(names)
 
 
-def compile_units(vmlinux: Path, addresses: Mapping[int, int]) -> dict[int, str]:
-    """{key: DW_AT_name of the compile unit holding the address} for each (key, address);
-    addresses outside every unit are left out. Needs .debug_aranges."""
+class AddressUnits:
+    """The address ranges of .debug_aranges, sorted: which compile unit holds some byte of a
+    function. A function's range is looked up, not just its first byte: an arm64 kernel built
+    with -fpatchable-function-entry=2 (ftrace) has gcc put the two NOPs before the function's
+    begin label, so its symbol lies 8 bytes before the unit's range when the function starts
+    its own range (another section than .text, e.g. .init.text)."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int, int]]) -> None:
+        # (begin, length, unit offset); empty ranges hold nothing
+        self.ranges = sorted(r for r in ranges if r[1] > 0)
+        self.begins = [r[0] for r in self.ranges]
+
+    def at(self, address: int, size: int) -> int | None:
+        """The offset of the unit holding `address`, else of the first range that begins
+        inside [address, address + size); None when no unit holds any of it."""
+        i = bisect.bisect_right(self.begins, address) - 1
+        if i >= 0 and address < self.ranges[i][0] + self.ranges[i][1]:
+            return self.ranges[i][2]
+        if i + 1 < len(self.ranges) and self.ranges[i + 1][0] < address + size:
+            return self.ranges[i + 1][2]
+        return None
+
+
+def compile_units(vmlinux: Path, functions: Mapping[int, tuple[int, int]]) -> dict[int, str]:
+    """{key: DW_AT_name of the compile unit holding the function} for each (key, (address,
+    size)); functions outside every unit are left out. Needs .debug_aranges."""
     from elftools.common.exceptions import DWARFError, ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -148,9 +172,10 @@ def compile_units(vmlinux: Path, addresses: Mapping[int, int]) -> dict[int, str]
             aranges = dwarf.get_aranges()
             if aranges is None:
                 raise KernelError(f"{vmlinux}: no .debug_aranges")
+            units = AddressUnits((e.begin_addr, e.length, e.info_offset) for e in aranges.entries)
             names: dict[int, str] = {}
-            for key, address in addresses.items():
-                offset = aranges.cu_offset_at_addr(address)
+            for key, (address, size) in functions.items():
+                offset = units.at(address, size)
                 if offset is None:
                     continue
                 if offset not in names:

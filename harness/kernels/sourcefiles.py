@@ -37,16 +37,17 @@ _SYM = struct.Struct("<IBBHQQ")
 @dataclass(frozen=True)
 class Block:
     """One STT_FILE block of vmlinux's .symtab: the base name and its symbols (name, type,
-    address), in symtab order. `file` is None for the globals after the last block."""
+    address, size), in symtab order. `file` is None for the globals after the last block."""
 
     file: str | None
-    symbols: tuple[tuple[str, int, int], ...]
+    symbols: tuple[tuple[str, int, int, int], ...]
 
-    def first_function(self) -> int | None:
-        return next((a for _, t, a in self.symbols if t == STT_FUNC and a), None)
+    def first_function(self) -> tuple[int, int] | None:
+        """(address, size) of the block's first function."""
+        return next(((a, z) for _, t, a, z in self.symbols if t == STT_FUNC and a), None)
 
     def local_names(self) -> frozenset[str]:
-        return frozenset(n for n, t, _ in self.symbols if t in (STT_FUNC, STT_OBJECT))
+        return frozenset(n for n, t, _, _ in self.symbols if t in (STT_FUNC, STT_OBJECT))
 
 
 def symtab_blocks(path: Path) -> list[Block]:
@@ -66,8 +67,8 @@ def symtab_blocks(path: Path) -> list[Block]:
         raise KernelError(f"{path}: cannot read the symbol table: {err}") from None
     blocks: list[Block] = []
     current: str | None = None
-    symbols: list[tuple[str, int, int]] = []
-    for name_off, info, _other, _shndx, value, _size in _SYM.iter_unpack(data):
+    symbols: list[tuple[str, int, int, int]] = []
+    for name_off, info, _other, _shndx, value, size in _SYM.iter_unpack(data):
         end = strtab.find(b"\0", name_off)
         name = strtab[name_off:end].decode("latin-1")
         kind, bind = info & 0xF, info >> 4
@@ -75,12 +76,12 @@ def symtab_blocks(path: Path) -> list[Block]:
             blocks.append(Block(current, tuple(symbols)))
             current, symbols = name, []
         elif bind == 0 and current is not None:
-            symbols.append((name, kind, value))
+            symbols.append((name, kind, value, size))
         elif bind != 0:  # globals: after all locals
             if current is not None:
                 blocks.append(Block(current, tuple(symbols)))
                 current, symbols = None, []
-            symbols.append((name, kind, value))
+            symbols.append((name, kind, value, size))
     blocks.append(Block(current, tuple(symbols)))
     return [b for b in blocks if b.symbols]
 
@@ -101,7 +102,7 @@ def build_index(
     vmlinux = table.objects.get(VMLINUX, {})
     out: list[SourceEntry] = []
     for index, block in enumerate(blocks):
-        for name, _kind, address in block.symbols:
+        for name, _kind, address, _size in block.symbols:
             entries = vmlinux.get(name)
             if not entries or len(entries) < 2:
                 continue
@@ -181,14 +182,26 @@ def _shared_names(blocks: list[Block]) -> set[str]:
 
 def dwarf_paths(blocks: list[Block], vmlinux: Path) -> dict[int, str]:
     """Full paths of every block with a function, from the DWARF compile unit that holds its
-    first function's address (.debug_aranges)."""
+    first function (.debug_aranges; by the function's whole range, see AddressUnits)."""
     from harness.kernels.objfiles import compile_units
 
     wanted = {
         i: a for i, b in enumerate(blocks) if b.file is not None and (a := b.first_function())
     }
     found = compile_units(vmlinux, wanted)
-    return {i: name for i, name in found.items() if Path(name).name == blocks[i].file}
+    return {i: name for i, name in found.items() if _same_file(blocks[i].file, name)}
+
+
+# kbuild renames the symbols of some objects with objcopy --prefix-symbols, STT_FILE names
+# included (arm64: the KVM hyp code, the EFI stub, kernel/pi)
+SYMBOL_PREFIXES = ("", "__kvm_nvhe_", "__pi_", "__efistub_")
+
+
+def _same_file(stt_file: str | None, unit: str) -> bool:
+    """Whether the compile unit found at a block's address is the block's own file: a guard,
+    as the unit was found by address."""
+    base = Path(unit).name
+    return any(stt_file == prefix + base for prefix in SYMBOL_PREFIXES)
 
 
 # -- the cached index per kernel -------------------------------------------------------------
