@@ -24,8 +24,9 @@ from harness.klp.elfread import (
 from harness.klp.files import printable
 from harness.klp.tables import Symbols
 
-# The relocation of the entry's 64-bit pointer, per e_machine: R_X86_64_64, R_AARCH64_ABS64.
-POINTER_RELOC = {62: R_X86_64_64, 183: 257}
+# The relocation of the entry's 64-bit pointer, per e_machine: R_X86_64_64, R_AARCH64_ABS64,
+# R_PPC64_ADDR64.
+POINTER_RELOC = {62: R_X86_64_64, 183: 257, 21: 38}
 
 
 @dataclass(frozen=True)

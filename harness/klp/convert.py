@@ -37,6 +37,7 @@ from harness.klp.exports import for_module
 from harness.klp.files import printable
 from harness.klp.guard import GUARD_SYMBOL, plan_guard
 from harness.klp.lto import klp_target
+from harness.klp.machines import Machine
 from harness.klp.rewrite import Rewrite
 from harness.klp.safety import check_safety
 from harness.klp.sourcefile import SourceLookup, choose_by_file, read_file_annotations
@@ -91,10 +92,10 @@ class ConvertReport:
 def undefined_symbols(path: Path) -> list[str]:
     """Names of the module's undefined symbols (symtab order), as modpost lists them."""
     img = ElfImage.load(path)
-    return list(_undefined(img.symbols(), img.strtab(), weak=False))
+    return list(_undefined(img.symbols(), img.strtab(), weak=False, machine=img.machine))
 
 
-def _undefined(syms: Symbols, strtab: bytes, weak: bool) -> dict[str, int]:
+def _undefined(syms: Symbols, strtab: bytes, weak: bool, machine: Machine) -> dict[str, int]:
     binds = (STB_GLOBAL, STB_WEAK) if weak else (STB_GLOBAL,)
     names, info = syms.names, syms.info
     out: dict[str, int] = {}
@@ -102,7 +103,7 @@ def _undefined(syms: Symbols, strtab: bytes, weak: bool) -> dict[str, int]:
         if not idx or not names[idx] or info[idx] >> 4 not in binds:
             continue
         name = cstring(strtab, names[idx])
-        if name and name not in IGNORED_UNDEFINED:
+        if name and name not in IGNORED_UNDEFINED and not machine.ignores(name):
             out.setdefault(name, idx)
     return out
 
@@ -256,7 +257,8 @@ def convert_module(
     dropped |= file_sections
     stale = stale_references(img, syms, strtab, dropped) if dropped else {}
     wanted = set(symbols or ())
-    undefined = _undefined(syms, strtab, weak=bool(wanted) or bool(annotations) or bool(by_file))
+    weak = bool(wanted) or bool(annotations) or bool(by_file)
+    undefined = _undefined(syms, strtab, weak, img.machine)
     existing = {k.name for n in _klp_names(syms, strtab) if (k := parse_klp_symbol(n))}
     left_alone: list[str] = []
     todo: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""Reading x86-64 and AArch64 relocatable ELF files (a linked `<mod>.o` or a `.ko`).
+"""Reading x86-64, AArch64 and ppc64le relocatable ELF files (a linked `<mod>.o` or a `.ko`).
 
 Standard library only: the ELF header and section headers are unpacked with struct, the
 symbol and relocation tables are read through harness.klp.tables (in bulk, at C speed, and

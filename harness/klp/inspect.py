@@ -168,7 +168,7 @@ def _verdict(rels: list[KlpReloc], symtab: SymbolTable | None, livepatch: bool) 
 
 
 def format_table(relocs: list[KlpReloc], verdict_list: list[Verdict] | None) -> str:
-    # x86-64's columns as they always were; AArch64's longer type names widen theirs
+    # x86-64's columns as they always were; longer type names (AArch64, PPC64) widen theirs
     tw = max([15] + [len(r.type) for r in relocs if machine_of(r.type) is not X86_64])
     lines = [
         f"{'object':<10} {'symbol':<32} {'pos':>3} {'type':<{tw}} {'section':<28} "

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from harness.errors import AmbiguousSymbolError, SourceFileChoiceError, UnsupportedElfError
+from harness.klp.annotations import POINTER_RELOC
 from harness.klp.elfread import R_X86_64_64, SHT_NOBITS, SHT_RELA, ElfImage, cstring
 from harness.klp.files import printable
 from harness.klp.symbols import VMLINUX
@@ -58,8 +59,9 @@ def read_file_annotations(
             dropped.add(rel.index)
             arr = img.relas(rel.index)
             fields = zip(arr.offsets(), arr.types(), arr.symbols(), arr.addends(), strict=True)
+            pointer = POINTER_RELOC.get(img.machine.em, R_X86_64_64)
             for off, rtype, index, addend in fields:
-                if off % 8 or off + 8 > size or rtype != R_X86_64_64:
+                if off % 8 or off + 8 > size or rtype != pointer:
                     raise UnsupportedElfError(
                         f"{img.label}: {sec.label}+{off:#x}: not a KLP_SYMPOS_FILE entry "
                         "(packed {pointer, pointer to a string})"
