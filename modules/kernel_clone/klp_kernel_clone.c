@@ -18,7 +18,7 @@ static DECLARE_COMPLETION(spawn_done);
 static pid_t child_pid;
 static int child_ran;
 
-static int child_fn(void *arg)
+static noinline __used int child_fn(void *arg)
 {
 	WRITE_ONCE(child_ran, 1);
 	pr_info("klp_kernel_clone: child pid %d running in kernel-thread mode\n",
@@ -26,6 +26,27 @@ static int child_fn(void *arg)
 	/* Returning would enter the user-mode exit path and oops: end as kthreads end. */
 	do_exit(0);
 }
+
+#ifdef CONFIG_PPC64
+/*
+ * ppc64le: copy_thread() starts args->fn at ppc_function_entry(fn), the LOCAL entry when fn
+ * begins with addis r2,r12/addi r2,r2 (what the loader's R_PPC64_ENTRY makes of a module
+ * prologue), so fn would run with the kernel's r2. This thunk does not begin that way: it is
+ * entered at its start with r12 = itself, and enters child_fn at its global entry.
+ */
+int klp_child_thunk(void *arg);
+asm(".pushsection .text\n"
+    ".globl klp_child_thunk\n.type klp_child_thunk,@function\n.p2align 2\n"
+    "klp_child_thunk:\n"
+    "\tnop\n"
+    "\taddis 12,12,(child_fn-klp_child_thunk)@ha\n"
+    "\taddi 12,12,(child_fn-klp_child_thunk)@l\n"
+    "\tmtctr 12\n\tbctr\n"
+    ".size klp_child_thunk,.-klp_child_thunk\n.popsection\n");
+#define CHILD_FN klp_child_thunk
+#else
+#define CHILD_FN child_fn
+#endif
 
 /*
  * Clone from a kthread: the child then has no user mm, and before v5.19
@@ -39,7 +60,7 @@ static int spawner_fn(void *unused)
 		/* The spawner ignores SIGCHLD, as every kthread does: the child is reaped. */
 		.exit_signal = SIGCHLD,
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 19, 0)
-		.fn = child_fn,
+		.fn = CHILD_FN,
 		.fn_arg = NULL,
 		.kthread = 1,
 #else
