@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
         "unexported kernel symbol becomes a klp relocation the kernel (>= 5.8) resolves at load.",
     )
     p.add_argument(
-        "module", type=Path, help="x86-64 or AArch64 relocatable ELF (.o, .ko, .ko.xz, ...)"
+        "module",
+        type=Path,
+        help="x86-64, AArch64 or ppc64le relocatable ELF (.o, .ko, .ko.xz, ...)",
     )
     p.add_argument("-o", "--output", type=Path, help="output file (written atomically)")
     p.add_argument("-i", "--in-place", action="store_true", help="rewrite MODULE itself")
