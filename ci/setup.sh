@@ -20,6 +20,7 @@ packages=(
     libelf-dev bc flex bison dwarves make gcc libc6-dev zstd xz-utils dkms
     python3 python3-venv python3-pip python3-dev git util-linux clang-19 lld-19 llvm-19
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm
+    gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross qemu-system-ppc
 )
 
 # Pinned: a newer actionlint may add checks, and the workflow test should not turn red by itself.
