@@ -13,6 +13,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
+from harness.suite.fields_aarch64 import Plt
 from harness.suite.fields_ppc64 import (
     ADDR32,
     ADDR64,
@@ -31,7 +32,11 @@ from harness.suite.fields_ppc64 import (
     branch_target,
     check_field,
     check_stub,
+    meaning,
+    my_r2,
+    problem,
     stub_read,
+    stubs_size,
     width,
 )
 
@@ -214,3 +219,34 @@ def test_a_changed_byte_is_found(module: str) -> None:
     changed[entry[1]] ^= 0x10
     mem.sections[entry[0]] = (base, bytes(changed))
     assert check_loaded(mem, entry) is not None
+
+
+def test_stubs_size_and_toc_pointer() -> None:
+    assert stubs_size(0) == 2 * STUB_SIZE  # the ftrace_caller and ftrace_regs_caller stubs
+    assert stubs_size(19) == 840  # klp_address_taken's captured .stubs
+    # out-of-line ftrace stubs (24 bytes each), rounded up to whole stub entries
+    assert stubs_size(1, 5) == (1 + 2 + 3) * STUB_SIZE
+    assert my_r2(0xC00800000003D600) == 0xC008000000045600
+    assert my_r2(0xC00800000003D6FF) == 0xC008000000045600  # & ~0xff
+
+
+def test_problem_takes_the_stub_from_the_stubs_read() -> None:
+    stubs = Plt(STUBS, bytes(40) + stub(STUBS + 40, SYMBOL))
+    raw = bl(PLACE, STUBS + 40)
+    assert problem(REL24, 0, raw, PLACE, SYMBOL, stubs, TOC_PTR) is None
+    assert "not a module stub" in (
+        problem(REL24, 0, bl(PLACE, STUBS), PLACE, SYMBOL, stubs, None) or ""
+    )
+    # a branch outside the bytes read: the stub was not read
+    far = bl(PLACE, STUBS + 400)
+    assert "was not read" in (problem(REL24, 0, far, PLACE, SYMBOL, stubs, None) or "")
+    assert meaning(REL24, 0, raw, PLACE, stubs) == (
+        f"memory branches to a stub at {STUBS + 40:#x} that jumps to {SYMBOL:#x}"
+    )
+    assert meaning(REL24, 0, far, PLACE, stubs) == f"memory branches to {STUBS + 400:#x}"
+    assert meaning(ADDR64, 8, (SYMBOL + 8).to_bytes(8, "little"), PLACE, stubs) == (
+        f"memory points at {SYMBOL:#x}"
+    )
+    rel = (SYMBOL - PLACE) & ((1 << 64) - 1)
+    assert meaning(REL64, 0, rel.to_bytes(8, "little"), PLACE, stubs).endswith(f"{SYMBOL:#x}")
+    assert meaning(TOC16_HA, 0, b"\x01\x02", PLACE, stubs) == "memory holds 0102"

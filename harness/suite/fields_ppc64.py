@@ -20,6 +20,7 @@ next word becomes `ld r2,24(r1)` (restore_r2). So a checker reads, besides the 4
 from __future__ import annotations
 
 from harness.klp.machines import PPC64
+from harness.suite.fields_aarch64 import Plt
 
 MASK64 = (1 << 64) - 1
 REL24 = 10
@@ -179,3 +180,52 @@ def _word(data: bytes, at: int) -> int:
 def _sext(value: int, bits: int) -> int:
     value &= (1 << bits) - 1
     return value - (1 << bits) if value >> (bits - 1) & 1 else value
+
+
+OOL_STUB_SIZE = 24  # struct ftrace_ool_stub with DYNAMIC_FTRACE_WITH_CALL_OPS (OOL selects it)
+
+
+def stubs_size(calls: int, patchable: int = 0) -> int:
+    """The bytes of `.stubs` the loader allocates (get_stubs_size): one ppc64_stub_entry per
+    distinct (symbol, addend) REL24 of each SHT_RELA section (`calls`), plus the two ftrace
+    stubs (ftrace_caller, ftrace_regs_caller: DYNAMIC_FTRACE_WITH_REGS, which livepatch needs),
+    plus, with PPC_FTRACE_OUT_OF_LINE (ppc64 modules built with -fpatchable-function-entry),
+    an out-of-line ftrace stub per `__patchable_function_entries` entry (`patchable`)."""
+    ool = -(-patchable * OOL_STUB_SIZE // STUB_SIZE)
+    return (calls + 2 + ool) * STUB_SIZE
+
+
+def my_r2(toc_base: int) -> int:
+    """The module's TOC pointer from its `.toc` address (`.stubs`' when it has no .toc)."""
+    return (toc_base & ~0xFF) + 0x8000
+
+
+def problem(
+    rtype: int, addend: int, raw: bytes, place: int, symbol: int, stubs: Plt, toc: int | None
+) -> str | None:
+    """check_field with the stub a REL24 branches to taken from the bytes read of `.stubs`."""
+    return check_field(rtype, raw, place, symbol, addend, stub=_stub(raw, place, stubs), toc=toc)
+
+
+def meaning(rtype: int, addend: int, raw: bytes, place: int, stubs: Plt) -> str:
+    """What a field read from memory stands for, as evidence."""
+    if rtype == REL24 and (where := stub_read(raw, place)) is not None:
+        stub = _stub(raw, place, stubs)
+        if len(stub) == STUB_SIZE and _word(stub, 28) == STUB_MAGIC:
+            funcdata = int.from_bytes(stub[32:40], "little")
+            return f"memory branches to a stub at {where[0]:#x} that jumps to {funcdata:#x}"
+        return f"memory branches to {where[0]:#x}"
+    if rtype in _DATA and len(raw) == _DATA[rtype]:
+        held = int.from_bytes(raw, "little")
+        if rtype in (REL32, REL64):
+            return f"memory points at {(place + _sext(held, 8 * len(raw)) - addend) & MASK64:#x}"
+        return f"memory points at {(held - addend) & MASK64:#x}"
+    return f"memory holds {raw.hex()}"
+
+
+def _stub(raw: bytes, place: int, stubs: Plt) -> bytes:
+    where = stub_read(raw, place)
+    if where is None or not stubs.data:
+        return b""
+    at = where[0] - stubs.base
+    return stubs.data[at : at + STUB_SIZE] if 0 <= at <= len(stubs.data) - STUB_SIZE else b""

@@ -2,33 +2,53 @@
 
 `module_relocs` reads the converted .ko: every klp relocation (`.klp.rela.<obj>.<sec>`,
 symbol `.klp.sym.<obj>.<name>,<sympos>`) and the sites the kernel rewrites on purpose after
-relocating (ftrace, alternatives, jump labels, ...: listed in the module's own tables, per
-machine in harness.suite.fields). harness.vm.kcore reads in the guest the bytes the kernel
-holds at each field (`reads`; on AArch64 also the module's .plt, where far branches go), kept
-in a `MemoryRecord` (part of the step's transcript). `verify` checks each field against the
-module's machine's loader (harness.suite.fields) for the guest's own kallsyms entry of
-(object, name, sympos), and the conversion's intent: its predicted address, shifted by the
-guest's KASLR offset.
+relocating (ftrace, alternatives, jump labels, feature fixups...: listed in the module's own
+tables, per machine in harness.suite.fields). harness.vm.kcore reads in the guest the bytes
+the kernel holds at each field (`reads`; on AArch64 also the module's .plt, where far
+branches go; on PPC64 the word after each call, the module's .stubs, where every call goes,
+and the .toc base, the module's TOC pointer), kept in a `MemoryRecord` (harness.suite.
+memrecord; part of the step's transcript). `verify` checks each field against the module's
+machine's loader (harness.suite.fields) for the guest's own kallsyms entry of (object, name,
+sympos), and the conversion's intent: its predicted address, shifted by the guest's KASLR
+offset.
 
 A relocation is verified, in a freed init section (`.init.*`, covered by init having run
-without a splat), patched by the kernel (a listed site whose bytes no longer hold the
-relocated value), or a mismatch; never skipped. The intent check needs the conversion's
-record: it is skipped for a klp symbol without a predicted address (forced, or in a module
-object) and for a module whose build recorded none (converted elsewhere).
+without a splat; ppc64 keeps them, so they are read), patched by the kernel (a listed site
+whose bytes no longer hold the relocated value), or a mismatch; never skipped. The intent
+check needs the conversion's record: it is skipped for a klp symbol without a predicted
+address (forced, or in a module object) and for a module whose build recorded none
+(converted elsewhere).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from harness.klp.abi import is_klp_rela, parse_klp_symbol
 from harness.klp.elfread import SHF_EXECINSTR, SHT_RELA, ElfImage, cstring
-from harness.klp.machines import AARCH64, X86_64
-from harness.suite import fields, fields_aarch64, fields_x86_64
+from harness.klp.machines import AARCH64, PPC64
+from harness.suite import fields, fields_aarch64, fields_ppc64, fields_x86_64
 from harness.suite.assertions import KallsymsIndex
-from harness.suite.jsonfields import json_int, json_str
+from harness.suite.memrecord import KlpReloc, MemoryRecord, ModuleRelocs, PatchSite
+
+__all__ = [
+    "MAX_MISMATCHES",
+    "NO_KCORE",
+    "VMLINUX",
+    "KlpReloc",
+    "MemoryRecord",
+    "MemoryVerdict",
+    "ModuleRelocs",
+    "PatchSite",
+    "expected_field",
+    "is_init",
+    "live_address",
+    "module_relocs",
+    "reads",
+    "record_of",
+    "verify",
+]
 
 VMLINUX = "vmlinux"
 NO_KCORE = "cannot verify in memory: no /proc/kcore"
@@ -39,109 +59,7 @@ MAX_MISMATCHES = 5  # shown as evidence
 # entries, which are relative to themselves, and the key field carries flag bits.
 REWRITTEN_TABLES = (".static_call_sites", "__jump_table")
 PLT = ".plt"  # where arm64 sends branches out of range (the .init.plt is freed with init)
-
-
-@dataclass(frozen=True)
-class KlpReloc:
-    rela: str  # ".klp.rela.vmlinux..text"
-    section: str  # the section it writes into (sh_info)
-    offset: int
-    type: int
-    addend: int
-    obj: str
-    name: str
-    sympos: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.rela}+{self.offset:#x}"
-
-    @property
-    def symbol(self) -> str:
-        return f"{self.obj}.{self.name},{self.sympos}"
-
-    @property
-    def width(self) -> int:  # x86-64 (0-42) or AArch64 (256-); per machine: see `reads`
-        return fields_x86_64.width(self.type) or fields_aarch64.width(self.type)
-
-
-@dataclass(frozen=True)
-class PatchSite:
-    table: str
-    section: str
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True)
-class ModuleRelocs:
-    relocs: tuple[KlpReloc, ...]
-    sites: tuple[PatchSite, ...]
-    machine: str = X86_64.label
-    plt_size: int = 0  # bytes the loader may use of the module's .plt (0: no .plt to read)
-
-
-@dataclass(frozen=True)
-class MemoryRecord:
-    """What the step read: the .ko's klp relocations, the loaded section bases, the bytes at
-    each field (hex, "" where not read), and the conversion's intent."""
-
-    error: str = ""  # why memory was not read (e.g. NO_KCORE); a failed verification
-    relocs: tuple[KlpReloc, ...] = ()
-    sites: tuple[PatchSite, ...] = ()
-    bases: tuple[tuple[str, int], ...] = ()  # /sys/module/<m>/sections
-    fields: tuple[str, ...] = ()  # per relocation
-    predicted: tuple[tuple[str, int | None], ...] = ()  # "vmlinux.name,pos" -> table address
-    table_text: int | None = None  # `_text` in the table the conversion used
-    # kallsyms entries (object, name, address) of module objects the klp symbols name, read
-    # while loaded (the guest's kallsyms is read once per boot, maybe after they unload)
-    symbols: tuple[tuple[str, str, int], ...] = ()
-    machine: str = X86_64.label  # the module's (MACHINES labels)
-    plt: str = ""  # hex: the bytes read at the module's .plt (its base is in `bases`)
-
-    def to_json(self) -> dict[str, Any]:
-        # the fields AArch64 added only when set: x86-64 records stay as they were written
-        extra = {"machine": self.machine, "plt": self.plt} if self.machine != X86_64.label else {}
-        return {
-            "error": self.error,
-            "relocs": [list(_reloc_tuple(r)) for r in self.relocs],
-            "sites": [[s.table, s.section, s.offset, s.length] for s in self.sites],
-            "bases": [list(b) for b in self.bases],
-            "fields": list(self.fields),
-            "predicted": [list(p) for p in self.predicted],
-            "table_text": self.table_text,
-            "symbols": [list(s) for s in self.symbols],
-            **extra,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> MemoryRecord:
-        """Raises TypeError/ValueError/KeyError on anything malformed (the transcript's caller
-        turns those into one line)."""
-        relocs = tuple(_reloc(item) for item in data["relocs"])
-        held = tuple(bytes.fromhex(json_str(f)).hex() for f in data["fields"])
-        if held and len(held) != len(relocs):
-            raise ValueError("memory: one field per relocation")
-        text = data["table_text"]
-        return cls(
-            error=json_str(data["error"]),
-            relocs=relocs,
-            sites=tuple(
-                PatchSite(json_str(t), json_str(s), json_int(o), json_int(n))
-                for t, s, o, n in data["sites"]
-            ),
-            bases=tuple((json_str(n), json_int(a)) for n, a in data["bases"]),
-            fields=held,
-            predicted=tuple(
-                (json_str(n), None if a is None else json_int(a)) for n, a in data["predicted"]
-            ),
-            table_text=None if text is None else json_int(text),
-            symbols=tuple(
-                (json_str(o), json_str(n), json_int(a)) for o, n, a in data.get("symbols", [])
-            ),
-            machine=fields.machine(json_str(data.get("machine", X86_64.label))).label,
-            plt=bytes.fromhex(json_str(data.get("plt", ""))).hex(),
-        )
+STUBS, TOC = ".stubs", ".toc"  # ppc64: where every call to another object goes; the TOC
 
 
 @dataclass(frozen=True)
@@ -174,10 +92,12 @@ def module_relocs(img: ElfImage) -> ModuleRelocs:
     values = syms.values()
     relocs: list[KlpReloc] = []
     sites: list[PatchSite] = []
-    arm = img.machine == AARCH64
+    arm, ppc = img.machine == AARCH64, img.machine == PPC64
     known = fields.site_tables(img.machine.label)
-    tables = {s.index: s.name for s in img.sections if s.name in known}
-    slots = 0
+    ranges = fields.range_tables(img.machine.label)
+    tables = {s.index: s.name for s in img.sections if s.name in known or s.name in ranges}
+    bounds: dict[tuple[str, str, int], list[int]] = {}  # a range table's entry: start, end
+    slots = calls = 0
     for sec in img.sections:
         if sec.type != SHT_RELA:
             continue
@@ -186,6 +106,9 @@ def module_relocs(img: ElfImage) -> ModuleRelocs:
         if arm and target.flags & SHF_EXECINSTR and not target.name.startswith(".init"):
             owners = [syms.shndx[i] for i in relas.symbols()]
             slots += fields_aarch64.plt_slots(relas.types(), owners, sec.info)
+        if ppc:  # get_stubs_size(): every SHT_RELA section, klp ones included
+            pairs = zip(relas.types(), relas.symbols(), relas.addends(), strict=True)
+            calls += len({(y, a) for t, y, a in pairs if t == fields_ppc64.REL24})
         items = zip(relas.offsets(), relas.types(), relas.addends(), relas.symbols(), strict=True)
         if is_klp_rela(img, sec.index):
             for offset, rtype, addend, sym in items:
@@ -198,6 +121,15 @@ def module_relocs(img: ElfImage) -> ModuleRelocs:
                         parsed.sympos,
                     )
                 )  # fmt: skip
+        elif sec.info in tables and tables[sec.info] in ranges:
+            size, start, end = ranges[tables[sec.info]]
+            for offset, _, addend, sym in items:
+                shndx, at = syms.shndx[sym], offset % size
+                if at in (start, end) and 0 < shndx < len(img.sections):
+                    where = img.sections[shndx].name
+                    # relative to the entry: S + A - P = site - (P - at)
+                    key = (tables[sec.info], where, offset - at)
+                    bounds.setdefault(key, [-1, -1])[at == end] = values[sym] + addend - at
         elif sec.info in tables:
             name = tables[sec.info]
             size, at, length, length_at = known[name]
@@ -212,16 +144,29 @@ def module_relocs(img: ElfImage) -> ModuleRelocs:
                     span = data[entry] if entry < len(data) else 16
                 where = img.sections[shndx].name
                 sites.append(PatchSite(name, where, values[sym] + addend, span))
+    for (name, where, _), (low, high) in sorted(bounds.items()):
+        if 0 <= low <= high:
+            sites.append(PatchSite(name, where, low, high - low))
     size = fields_aarch64.plt_size(slots)
-    return ModuleRelocs(tuple(relocs), tuple(sites), img.machine.label, size)
+    patchable = sum(s.size // 8 for s in img.sections if s.name == "__patchable_function_entries")
+    stubs = fields_ppc64.stubs_size(calls, patchable) if ppc else 0
+    has_toc = ppc and any(s.name == TOC for s in img.sections)
+    return ModuleRelocs(tuple(relocs), tuple(sites), img.machine.label, size, stubs, has_toc)
 
 
 def reads(found: ModuleRelocs) -> list[tuple[str, int, int]]:
     """What to read after insmod, as (section, offset, width): each relocated field outside
-    freed init sections, in order, then the .plt when the module may have one in use."""
-    out = [(r.section, r.offset, fields.width(found.machine, r.type)) for r in found.relocs]
-    out = [field for field in out if not is_init(field[0])]
-    return [*out, (PLT, 0, found.plt_size)] if found.plt_size else out
+    freed init sections, in order (a ppc64 call with the word after it), then the .plt when
+    the module may have one in use, or a ppc64 module's whole .stubs and the first .toc slot
+    (read for its base: the TOC pointer)."""
+    label = found.machine
+    out = [(r.section, r.offset, fields.read_width(label, r.type)) for r in found.relocs]
+    out = [field for field in out if not freed(label, field[0])]
+    if found.plt_size:
+        out.append((PLT, 0, found.plt_size))
+    if found.stubs_size:
+        out.append((STUBS, 0, found.stubs_size))
+    return [*out, (TOC, 0, 8)] if found.toc else out
 
 
 def record_of(
@@ -234,26 +179,35 @@ def record_of(
     symbols: tuple[tuple[str, str, int], ...] = (),
 ) -> MemoryRecord:
     """The record of one loaded module: `values` are the bytes read for each of `reads(found)`
-    (the relocations outside freed init sections, maybe then the .plt; none when `error`)."""
+    (the relocations outside freed init sections, maybe then the .plt or the .stubs and a
+    .toc slot; none when `error`)."""
     read = iter(values)
-    fields = tuple("" if is_init(r.section) or error else next(read).hex() for r in found.relocs)
+    label = found.machine
+    held = tuple("" if freed(label, r.section) or error else next(read).hex() for r in found.relocs)
     plt = next(read, b"").hex() if found.plt_size and not error else ""
+    stubs = next(read, b"").hex() if found.stubs_size and not error else ""
     return MemoryRecord(
         error=error,
         relocs=found.relocs,
         sites=found.sites,
         bases=tuple(sorted(bases.items())),
-        fields=fields,
+        fields=held,
         predicted=predicted,
         table_text=table_text,
         symbols=symbols,
         machine=found.machine,
         plt=plt,
+        stubs=stubs,
     )
 
 
 def is_init(section: str) -> bool:
     return section.startswith(".init.") or section == ".init"
+
+
+def freed(machine: str, section: str) -> bool:
+    """An init section the machine frees after init (its fields cannot be read)."""
+    return is_init(section) and not fields.keeps_init(machine)
 
 
 def verify(record: MemoryRecord, kallsyms: KallsymsIndex) -> MemoryVerdict:
@@ -263,15 +217,20 @@ def verify(record: MemoryRecord, kallsyms: KallsymsIndex) -> MemoryVerdict:
     total = len(record.relocs)
     bases = dict(record.bases)
     plt = fields.Plt(bases.get(PLT, 0), bytes.fromhex(record.plt))
+    toc: int | None = None
+    if record.machine == PPC64.label:  # the calls' stubs stand where an arm64 .plt would
+        plt = fields.Plt(bases.get(STUBS, 0), bytes.fromhex(record.stubs))
+        where = bases.get(TOC, bases.get(STUBS))
+        toc = None if where is None else fields_ppc64.my_r2(where)
     predicted = _in_guest(dict(record.predicted), record.table_text, kallsyms)
     verified = init = patched = 0
     bad: list[str] = []
     for index, reloc in enumerate(record.relocs):
-        if is_init(reloc.section):
+        if freed(record.machine, reloc.section):
             init += 1
             continue
         raw = bytes.fromhex(record.fields[index]) if index < len(record.fields) else b""
-        problem = _check(record.machine, reloc, raw, bases, kallsyms, record.symbols, plt)
+        problem = _check(record.machine, reloc, raw, bases, kallsyms, record.symbols, plt, toc)
         if problem is None:
             problem = _intent(reloc, kallsyms, predicted, record.symbols)
             if problem is None:
@@ -312,6 +271,7 @@ def _check(
     kallsyms: KallsymsIndex,
     symbols: tuple[tuple[str, str, int], ...],
     plt: fields.Plt,
+    toc: int | None,
 ) -> str | None:
     base = bases.get(reloc.section)
     if base is None:
@@ -321,14 +281,14 @@ def _check(
         if fields.is_none(machine, reloc.type):
             return None
         return f"{reloc.label}: {fields.machine(machine).reloc_name(reloc.type)}"
-    if len(raw) != width:
+    if len(raw) != fields.read_width(machine, reloc.type):
         return f"{reloc.label} ({reloc.symbol}): field not read from memory"
     symbol = live_address(reloc, kallsyms, symbols)
     place = base + reloc.offset
     if symbol is None:
         held = fields.meaning(machine, reloc.type, reloc.addend, raw, place, plt)
         return f"{reloc.label} ({reloc.symbol}): no such entry in the guest's kallsyms; {held}"
-    problem = fields.problem(machine, reloc.type, reloc.addend, raw, place, symbol, plt)
+    problem = fields.problem(machine, reloc.type, reloc.addend, raw, place, symbol, plt, toc)
     if problem is None:
         return None
     return (
@@ -387,15 +347,3 @@ def _patched(reloc: KlpReloc, record: MemoryRecord) -> bool:
         s.section == reloc.section and s.offset < end and start < s.offset + s.length
         for s in record.sites
     )
-
-
-def _reloc_tuple(r: KlpReloc) -> tuple[str, str, int, int, int, str, str, int]:
-    return (r.rela, r.section, r.offset, r.type, r.addend, r.obj, r.name, r.sympos)
-
-
-def _reloc(item: Any) -> KlpReloc:
-    rela, section, offset, rtype, addend, obj, name, sympos = item
-    return KlpReloc(
-        json_str(rela), json_str(section), json_int(offset), json_int(rtype), json_int(addend),
-        json_str(obj), json_str(name), json_int(sympos),
-    )  # fmt: skip

@@ -174,7 +174,7 @@ class _Recorder:
         except (HarnessError, ValueError) as err:
             self.memory = MemoryRecord(error=f"cannot read the module's klp relocations: {err}")
             return
-        fields = reads(found)  # every field outside freed init sections, then an arm64 .plt
+        fields = reads(found)  # fields outside freed init, then an arm64 .plt or ppc64 .stubs
         objects = sorted({r.obj for r in found.relocs} - {VMLINUX})
         read = self.kcore.read(self.sample.module, fields, objects)
         self.memory = record_of(

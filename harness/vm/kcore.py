@@ -91,7 +91,8 @@ class KcoreReader:
         """The bytes at each (section, offset, width) of loaded `module`, and the kallsyms
         entries of the module `objects` its klp symbols name (they may unload later). A field
         may be a whole span: harness.suite.memcheck.reads asks for an arm64 module's .plt
-        this way, where the loader sends branches out of range."""
+        this way, where the loader sends branches out of range, and a ppc64 module's .stubs,
+        where every call to another object goes (and a .toc slot, for the .toc's base)."""
         odd = [name for name in (module, *objects) if not _NAME.fullmatch(name)]
         if odd:  # never into a shell line
             return ModuleMemory(f"cannot verify in memory: module name {odd[0]!r}", {}, ())
