@@ -9,9 +9,7 @@ readelf (which reads AArch64 relocations on any host) check what was written.
 from __future__ import annotations
 
 import re
-import struct
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
+from retype import cli_refusal, retyped
 
 from harness.errors import RelocationTypeError
 from harness.klp.convert import convert_module, undefined_symbols
@@ -113,30 +112,9 @@ def test_readelf_reads_the_klp_relocations(sample: str, tmp_path: Path) -> None:
     assert "unrecognized" not in out.lower()
 
 
-def _retyped(src: Path, dst: Path, new_type: int) -> int:
-    """Copy `src` with its first CALL26 entry against an undefined symbol given `new_type`;
-    returns that entry's offset."""
-    data = bytearray(src.read_bytes())
-    with src.open("rb") as f:
-        elf = ELFFile(f)
-        for sec in elf.iter_sections():
-            if not isinstance(sec, RelocationSection) or not sec.is_RELA():
-                continue
-            syms = elf.get_section(sec["sh_link"])
-            assert isinstance(syms, SymbolTableSection)
-            for i, rel in enumerate(sec.iter_relocations()):
-                sym = syms.get_symbol(rel["r_info_sym"])
-                if rel["r_info_type"] == CALL26 and sym["st_shndx"] == "SHN_UNDEF":
-                    at = sec["sh_offset"] + i * 24 + 8
-                    struct.pack_into("<Q", data, at, (rel["r_info_sym"] << 32) | new_type)
-                    dst.write_bytes(data)
-                    return int(rel["r_offset"])
-    raise AssertionError("no CALL26 against an undefined symbol")
-
-
 def test_a_type_the_arm64_loader_refuses_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "got.ko"
-    offset = _retyped(DATA / "efibc.ko", src, ADR_GOT_PAGE)
+    offset = retyped(DATA / "efibc.ko", src, CALL26, ADR_GOT_PAGE)
     with pytest.raises(RelocationTypeError) as err:
         convert(src, tmp_path / "out.ko")
     message = str(err.value)
@@ -147,27 +125,13 @@ def test_a_type_the_arm64_loader_refuses_is_refused(tmp_path: Path) -> None:
 
 def test_cli_refusal_is_one_line_with_the_exit_status(tmp_path: Path) -> None:
     src = tmp_path / "got.ko"
-    _retyped(DATA / "efibc.ko", src, ADR_GOT_PAGE)
-    smap = tmp_path / "System.map"
-    names = undefined_symbols(src)
-    smap.write_text("".join(f"ffff800008{i:06x} T {n}\n" for i, n in enumerate(names)))
-    symvers = tmp_path / "Module.symvers"
-    symvers.write_text("0x12345678\tsome_export\tvmlinux\tEXPORT_SYMBOL\t\n")
-    cli = [sys.executable, "-m", "harness.cli.main", "convert", str(src), "-o", str(tmp_path / "o")]
-    cli += ["--system-map", str(smap), "--symvers", str(symvers), "--no-livepatch-guard"]
-    proc = subprocess.run(
-        cli,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == RelocationTypeError.exit_code, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("klp-harness: ") and "AArch64 module loader" in line
+    retyped(DATA / "efibc.ko", src, CALL26, ADR_GOT_PAGE)
+    assert "AArch64 module loader" in cli_refusal(src, tmp_path, 0xFFFF800008000000)
 
 
 def test_jump26_moves_as_jump26(tmp_path: Path) -> None:
     src, dst = tmp_path / "jump.ko", tmp_path / "out.ko"
-    offset = _retyped(DATA / "efibc.ko", src, JUMP26)
+    offset = retyped(DATA / "efibc.ko", src, CALL26, JUMP26)
     convert(src, dst)
     _, moved, _ = entries(dst)
     assert any(e[1] == offset and e[2] == JUMP26 for e in moved)

@@ -14,7 +14,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
+from retype import cli_refusal, retyped
 
 from harness.errors import RelocationTypeError
 from harness.klp.annotations import read_annotations
@@ -169,33 +169,9 @@ def test_readelf_reads_the_klp_relocations(sample: str, tmp_path: Path) -> None:
     assert "unrecognized" not in out.lower()
 
 
-def _retyped(src: Path, dst: Path, new_type: int) -> int:
-    """Copy `src` with its first REL24 entry against an undefined symbol other than _mcount
-    given `new_type`; returns that entry's offset."""
-    data = bytearray(src.read_bytes())
-    with src.open("rb") as f:
-        elf = ELFFile(f)
-        for sec in elf.iter_sections():
-            if not isinstance(sec, RelocationSection) or not sec.is_RELA():
-                continue
-            syms = elf.get_section(sec["sh_link"])
-            assert isinstance(syms, SymbolTableSection)
-            for i, rel in enumerate(sec.iter_relocations()):
-                sym = syms.get_symbol(rel["r_info_sym"])
-                if rel["r_info_type"] != REL24 or sym["st_shndx"] != "SHN_UNDEF":
-                    continue
-                if PPC64.ignores(sym.name):
-                    continue
-                at = sec["sh_offset"] + i * 24 + 8
-                struct.pack_into("<Q", data, at, (rel["r_info_sym"] << 32) | new_type)
-                dst.write_bytes(data)
-                return int(rel["r_offset"])
-    raise AssertionError("no REL24 against an undefined symbol")
-
-
 def test_a_type_the_ppc64_loader_refuses_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "notoc.ko"
-    offset = _retyped(DATA / "pcmcia_rsrc.ko", src, REL24_NOTOC)
+    offset = retyped(DATA / "pcmcia_rsrc.ko", src, REL24, REL24_NOTOC, PPC64.ignores)
     with pytest.raises(RelocationTypeError) as err:
         convert(src, tmp_path / "out.ko")
     message = str(err.value)
@@ -206,18 +182,8 @@ def test_a_type_the_ppc64_loader_refuses_is_refused(tmp_path: Path) -> None:
 
 def test_cli_refusal_is_one_line_with_the_exit_status(tmp_path: Path) -> None:
     src = tmp_path / "notoc.ko"
-    _retyped(DATA / "tcp_scalable.ko", src, REL24_NOTOC)
-    smap = tmp_path / "System.map"
-    names = undefined_symbols(src)
-    smap.write_text("".join(f"c000000000{i:06x} T {n}\n" for i, n in enumerate(names)))
-    symvers = tmp_path / "Module.symvers"
-    symvers.write_text("0x12345678\tsome_export\tvmlinux\tEXPORT_SYMBOL\t\n")
-    cli = [sys.executable, "-m", "harness.cli.main", "convert", str(src), "-o", str(tmp_path / "o")]
-    cli += ["--system-map", str(smap), "--symvers", str(symvers), "--no-livepatch-guard"]
-    proc = subprocess.run(cli, capture_output=True, text=True)
-    assert proc.returncode == RelocationTypeError.exit_code, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("klp-harness: ") and "PPC64 module loader" in line
+    retyped(DATA / "tcp_scalable.ko", src, REL24, REL24_NOTOC, PPC64.ignores)
+    assert "PPC64 module loader" in cli_refusal(src, tmp_path, 0xC000000000000000)
 
 
 def test_toc_base_and_mcount_are_never_converted(tmp_path: Path) -> None:
