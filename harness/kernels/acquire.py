@@ -61,7 +61,7 @@ def _mib(size: int) -> str:
 # -- extraction into the cache ----------------------------------------------------------------
 
 
-def _paths(root: Path, abi: str) -> dict[str, Path]:
+def image_paths(root: Path, abi: str) -> dict[str, Path]:
     """Where the files are: /boot and /lib/modules up to 6.12, /usr/lib/modules/<abi> from 7.x."""
     split = root / "usr/lib/modules" / abi
     if (split / "vmlinuz").is_file():
@@ -69,8 +69,10 @@ def _paths(root: Path, abi: str) -> dict[str, Path]:
     modules = root / "lib/modules" / abi
     if not modules.is_dir():
         modules = split
+    image = root / "boot" / f"vmlinuz-{abi}"
+    elf = root / "boot" / f"vmlinux-{abi}"  # ppc64el: the ELF image itself
     return {
-        "vmlinuz": root / "boot" / f"vmlinuz-{abi}",
+        "vmlinuz": elf if elf.is_file() and not image.is_file() else image,
         "config": root / "boot" / f"config-{abi}",
         "modules_dir": modules,
     }
@@ -158,6 +160,11 @@ def _sound(entry: Path, printer: Printer) -> dict[str, Any] | None:
         return None
 
 
+def _is_elf(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"\x7fELF"
+
+
 def _symbols(vmlinuz: Path, headers: Path, out: Path, arch: str) -> kallsyms.Recovered:
     """The recovered table. For another architecture the tool may guess the Image's base
     wrong (7.x arm64: _text at 0x3240000): the link addresses in the headers' BTF vmlinux
@@ -166,7 +173,12 @@ def _symbols(vmlinuz: Path, headers: Path, out: Path, arch: str) -> kallsyms.Rec
     if arch == HOST:
         return kallsyms.recover(vmlinuz, out)
     btf = headers / "vmlinux"
-    anchors = link_addresses(btf) if btf.is_file() else None
+    if btf.is_file():
+        anchors: dict[str, int] | None = link_addresses(btf)
+    elif _is_elf(vmlinuz):  # ppc64el ships the unstripped ELF image
+        anchors = link_addresses(vmlinuz)
+    else:
+        anchors = None
     rec = kallsyms.recover(vmlinuz, out, anchors=anchors)
     if anchors is None:
         first = next(iter(kallsyms.read(out)), None)
@@ -191,7 +203,7 @@ def _install(apt: AptRoot | None, res: Resolution, spec: Spec, printer: Printer)
             root.mkdir()
             for p in res.packages:
                 _extract(debs / p.deb, root, printer)
-            paths = _paths(root, res.abi)
+            paths = image_paths(root, res.abi)
             if not paths["vmlinuz"].is_file():
                 names = ", ".join(p.name for p in res.packages)
                 raise KernelError(f"{spec.text}: no vmlinuz for {res.abi} in {names}")

@@ -26,6 +26,25 @@ PROGRESS_SECONDS = 0.5  # how often a download's progress is looked at
 DOWNLOAD_DIR = r"\.dl\.[a-z0-9_]{8}"  # apt-get download's temp dirs (mkdtemp's 8 characters)
 
 
+_PARTIAL = (
+    "E: Some index files failed to download. They have been ignored, or old ones used instead."
+)
+
+
+def judge_update(output: str, returncode: int) -> tuple[list[str], str]:
+    """(indexes apt could not fetch, the error that fails the update or ""). A mirror caught
+    mid-sync fails some indexes of some suites and apt keeps the old ones: a kernel of the
+    other suites still resolves, one of those is then "not found"; anything else fails."""
+    errors = [ln for ln in output.splitlines() if ln.startswith(("E:", "Err:"))]
+    failed = [ln.split(None, 1)[-1] for ln in errors if ln.startswith("Err:")]
+    fatal = [ln for ln in errors if ln.startswith("E:") and ln != _PARTIAL]
+    if failed and all(ln.startswith("E: Failed to fetch ") for ln in fatal):
+        return failed, ""
+    if returncode != 0 or errors:
+        return failed, errors[-1] if errors else output.strip()[-300:]
+    return [], ""
+
+
 def pdeathsig() -> list[str]:
     """An argv prefix that kills the child when the harness dies, even by SIGKILL (its own
     children, tar under dpkg-deb, finish within seconds; the next sweep takes what they left)."""
@@ -190,15 +209,13 @@ class AptRoot:
             text=True,
         )
         self.updated = True
-        errors = [
-            ln
-            for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
-            if ln.startswith(("E:", "Err:"))
-        ]
-        if proc.returncode != 0 or errors:
-            raise KernelError(
-                f"apt-get update of the private root {self.root} failed: "
-                + (errors[-1] if errors else proc.stderr.strip()[-300:])
+        failed, fatal = judge_update(proc.stdout + "\n" + proc.stderr, proc.returncode)
+        if fatal:
+            raise KernelError(f"apt-get update of the private root {self.root} failed: {fatal}")
+        if failed:
+            (printer or Printer()).warn(
+                f"apt-get update of {self.root}: {len(failed)} index(es) not fetched "
+                f"({'; '.join(failed[:3])}): the mirror may be syncing"
             )
         (self.lists / ".stamp").touch()
 

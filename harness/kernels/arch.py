@@ -23,6 +23,7 @@ class Arch:
     cross_compile: str  # make CROSS_COMPILE= ("" when native)
     image: str  # the boot image, relative to the build tree
     debian: str  # Debian's architecture name
+    flavour: str  # Debian's kernel flavour: linux-image-<flavour>
     vng: str  # vng --arch ("" when native)
     qemu: str  # the QEMU system emulator
     elf_machine: int  # e_machine of its modules
@@ -66,6 +67,7 @@ _KEYS: dict[str, type] = {
     "cross_compile": str,
     "image": str,
     "debian": str,
+    "flavour": str,
     "vng": str,
     "qemu": str,
     "elf_machine": int,

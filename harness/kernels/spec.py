@@ -23,6 +23,8 @@ FLAVOURS = {
     "arm64-16k": "arm64",
     "cloud-arm64": "arm64",
     "rt-arm64": "arm64",
+    "powerpc64le": "ppc64le",
+    "powerpc64le-64k": "ppc64le",
 }
 
 SpecKind = Literal["debian-suite", "debian-abi", "source", "local"]
@@ -130,7 +132,7 @@ def _debian_spec(text: str, rest: str) -> Spec:
     release, backports, cloud = m.group(1), bool(m.group(2)), bool(m.group(3))
     if backports and "backports" not in found.suites:
         raise KernelError(f"unknown suite {release}-backports in {text!r}: not on the mirror")
-    flavour = ("cloud-" if cloud else "") + find_arch(arch).debian
+    flavour = ("cloud-" if cloud else "") + find_arch(arch).flavour
     if FLAVOURS.get(flavour) != arch:
         raise KernelError(f"{text!r}: Debian has no {flavour} kernel flavour for {arch}")
     suffix = "" if arch == HOST else f":{arch}"
