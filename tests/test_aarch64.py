@@ -9,15 +9,14 @@ readelf (which reads AArch64 relocations on any host) check what was written.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
-from retype import cli_refusal, retyped
+from machine_modules import Entry, cli_refusal, readelf, retyped
+from machine_modules import convert as convert_at
+from machine_modules import entries as entries_of
+from machine_modules import symbol_map as symbol_map_at
 
 from harness.errors import RelocationTypeError
 from harness.klp.convert import convert_module, undefined_symbols
@@ -28,54 +27,21 @@ from harness.klp.symbols import SymbolTable
 
 DATA = Path(__file__).parent / "data" / "aarch64"
 SAMPLES = sorted(p.name for p in DATA.glob("*.ko"))
-SHN_LIVEPATCH, SHF_RELA_LIVEPATCH = 0xFF20, 0x00100000
+SHN_LIVEPATCH = 0xFF20
+BASE = 0xFFFF800008010000  # where the made-up vmlinux table starts
 CALL26, JUMP26, ADR_GOT_PAGE = 283, 282, 311
-# Entry tuples: (target section, offset, type, addend, symbol name)
-Entry = tuple[str, int, int, int, str]
 
 
 def symbol_map(ko: Path, skip: str = "") -> SymbolTable:
-    """A vmlinux table holding each undefined symbol of `ko` (but `skip`) at a made-up
-    arm64 kernel address."""
-    names = [n for n in undefined_symbols(ko) if n != skip]
-    text = "".join(f"{0xFFFF800008010000 + i * 0x40:016x} T {n}\n" for i, n in enumerate(names))
-    return SymbolTable.parse(text, "made-up System.map")
+    return symbol_map_at(ko, BASE, skip)
 
 
 def convert(src: Path, dst: Path) -> None:
-    convert_module(src, dst, symtab=symbol_map(src), exports=set(), guard=False)
+    convert_at(src, dst, BASE)
 
 
 def entries(path: Path) -> tuple[Counter[Entry], Counter[Entry], dict[str, int]]:
-    """(entries of ordinary RELA sections against undefined symbols, entries of klp RELA
-    sections with the klp prefix taken off the symbol, the klp symbols' st_shndx)."""
-    plain: Counter[Entry] = Counter()
-    klp: Counter[Entry] = Counter()
-    shndx: dict[str, int] = {}
-    with path.open("rb") as f:
-        elf = ELFFile(f)
-        assert elf["e_machine"] == "EM_AARCH64"
-        for sec in elf.iter_sections():
-            if not isinstance(sec, RelocationSection) or not sec.is_RELA():
-                continue
-            syms = elf.get_section(sec["sh_link"])
-            assert isinstance(syms, SymbolTableSection)
-            target = elf.get_section(sec["sh_info"]).name
-            is_klp = sec.name.startswith(".klp.rela.vmlinux.")
-            assert is_klp == bool(sec["sh_flags"] & SHF_RELA_LIVEPATCH), sec.name
-            if is_klp:
-                assert sec.name == f".klp.rela.vmlinux.{target}"
-            for rel in sec.iter_relocations():
-                sym = syms.get_symbol(rel["r_info_sym"])
-                entry = (target, rel["r_offset"], rel["r_info_type"], rel["r_addend"], sym.name)
-                if is_klp:
-                    m = re.fullmatch(r"\.klp\.sym\.vmlinux\.(.+),0", sym.name)
-                    assert m, sym.name
-                    klp[(*entry[:4], m.group(1))] += 1
-                    shndx[sym.name] = sym["st_shndx"]
-                elif sym["st_shndx"] == "SHN_UNDEF" and sym.name:
-                    plain[entry] += 1
-    return plain, klp, shndx
+    return entries_of(path, "EM_AARCH64")
 
 
 @pytest.mark.parametrize("sample", SAMPLES)
@@ -89,14 +55,6 @@ def test_every_entry_moves_once_and_intact(sample: str, tmp_path: Path) -> None:
     assert shndx and set(shndx.values()) == {SHN_LIVEPATCH}
     types = {AARCH64.reloc_name(e[2]) for e in moved}
     assert "R_AARCH64_CALL26" in types and types <= AARCH64.accepted_names
-
-
-def readelf(path: Path) -> str:
-    proc = subprocess.run(
-        ["readelf", "-W", "-r", "-s", "-S", str(path)], capture_output=True, text=True
-    )
-    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
-    return proc.stdout
 
 
 @pytest.mark.parametrize("sample", SAMPLES)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
-from retype import cli_refusal, retyped
+from machine_modules import Entry, cli_refusal, readelf, retyped
+from machine_modules import convert as convert_at
+from machine_modules import entries as entries_of
+from machine_modules import symbol_map as symbol_map_at
 
 from harness.errors import RelocationTypeError
 from harness.klp.annotations import read_annotations
@@ -35,55 +36,22 @@ from harness.klp.symbols import SymbolTable
 
 DATA = Path(__file__).parent / "data" / "ppc64le"
 SAMPLES = sorted(p.name for p in DATA.glob("*.ko"))
-SHN_LIVEPATCH, SHF_RELA_LIVEPATCH = 0xFF20, 0x00100000
+SHN_LIVEPATCH = 0xFF20
+BASE = 0xC000000000010000  # where the made-up vmlinux table starts
 REL24, ADDR64, REL24_NOTOC = 10, 38, 116
 NOP, BL_MASK, BL = 0x60000000, 0xFC000003, 0x48000001
-# Entry tuples: (target section, offset, type, addend, symbol name)
-Entry = tuple[str, int, int, int, str]
 
 
 def symbol_map(ko: Path, skip: str = "") -> SymbolTable:
-    """A vmlinux table holding each undefined symbol of `ko` (but `skip`) at a made-up
-    ppc64 kernel address."""
-    names = [n for n in undefined_symbols(ko) if n != skip]
-    text = "".join(f"{0xC000000000010000 + i * 0x40:016x} T {n}\n" for i, n in enumerate(names))
-    return SymbolTable.parse(text, "made-up System.map")
+    return symbol_map_at(ko, BASE, skip)
 
 
 def convert(src: Path, dst: Path) -> None:
-    convert_module(src, dst, symtab=symbol_map(src), exports=set(), guard=False)
+    convert_at(src, dst, BASE)
 
 
 def entries(path: Path) -> tuple[Counter[Entry], Counter[Entry], dict[str, int]]:
-    """(entries of ordinary RELA sections against undefined symbols, entries of klp RELA
-    sections with the klp prefix taken off the symbol, the klp symbols' st_shndx)."""
-    plain: Counter[Entry] = Counter()
-    klp: Counter[Entry] = Counter()
-    shndx: dict[str, int] = {}
-    with path.open("rb") as f:
-        elf = ELFFile(f)
-        assert elf["e_machine"] == "EM_PPC64" and elf.little_endian
-        for sec in elf.iter_sections():
-            if not isinstance(sec, RelocationSection) or not sec.is_RELA():
-                continue
-            syms = elf.get_section(sec["sh_link"])
-            assert isinstance(syms, SymbolTableSection)
-            target = elf.get_section(sec["sh_info"]).name
-            is_klp = sec.name.startswith(".klp.rela.vmlinux.")
-            assert is_klp == bool(sec["sh_flags"] & SHF_RELA_LIVEPATCH), sec.name
-            if is_klp:
-                assert sec.name == f".klp.rela.vmlinux.{target}"
-            for rel in sec.iter_relocations():
-                sym = syms.get_symbol(rel["r_info_sym"])
-                entry = (target, rel["r_offset"], rel["r_info_type"], rel["r_addend"], sym.name)
-                if is_klp:
-                    m = re.fullmatch(r"\.klp\.sym\.vmlinux\.(.+),0", sym.name)
-                    assert m, sym.name
-                    klp[(*entry[:4], m.group(1))] += 1
-                    shndx[sym.name] = sym["st_shndx"]
-                elif sym["st_shndx"] == "SHN_UNDEF" and sym.name:
-                    plain[entry] += 1
-    return plain, klp, shndx
+    return entries_of(path, "EM_PPC64")
 
 
 def _kept(counter: Counter[Entry]) -> Counter[Entry]:
@@ -147,14 +115,6 @@ def test_toc_entries_of_extern_data_move(sample: str, data: set[str], tmp_path: 
     assert data <= toc
     assert _section(dst, ".toc") == _section(src, ".toc")
     assert "Relocation section '.klp.rela.vmlinux..toc'" in readelf(dst)
-
-
-def readelf(path: Path) -> str:
-    proc = subprocess.run(
-        ["readelf", "-W", "-r", "-s", "-S", str(path)], capture_output=True, text=True
-    )
-    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
-    return proc.stdout
 
 
 @pytest.mark.parametrize("sample", SAMPLES)
