@@ -52,14 +52,14 @@ SITE_TABLES_PPC64: SiteTables = {
     "__patchable_function_entries": (8, 0, 8, 0),
     "__jump_table": (16, 0, 4, 0),
     "__spec_barrier_fixup": (8, 0, 4, 0),
+    "__lwsync_fixup": (8, 0, 4, 0),  # FTR_ENTRY_OFFSET site - . (MAKE_LWSYNC_SECTION_ENTRY)
 }
 # ppc64 feature fixups (struct fixup_entry, 48 bytes: mask, value, start_off, end_off,
 # alt_start_off, alt_end_off, each offset relative to the entry): module_finalize()'s
-# do_feature_fixups/do_lwsync_fixups rewrite [start, end). Entry size, start's and end's place.
+# do_feature_fixups rewrite [start, end). Entry size, start's and end's place.
 RangeTables = dict[str, tuple[int, int, int]]
 RANGE_TABLES_PPC64: RangeTables = {
-    name: (48, 16, 24)
-    for name in ("__ftr_fixup", "__mmu_ftr_fixup", "__fw_ftr_fixup", "__lwsync_fixup")
+    name: (48, 16, 24) for name in ("__ftr_fixup", "__mmu_ftr_fixup", "__fw_ftr_fixup")
 }
 NONE_TYPES = {
     X86_64.label: frozenset({0}),
