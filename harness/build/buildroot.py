@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness.cache import atomic_write_text, cache_dir, locked, staged_dir
 from harness.console import Printer
-from harness.errors import KernelError, ToolchainError
+from harness.errors import HarnessError, KernelError, ToolchainError
 from harness.kernels.mirrors import MIRROR_ENV, debian_mirror
 from harness.kernels.releases import find_release
 
@@ -117,13 +117,28 @@ def _remove_stale(final: Path) -> None:
 
 
 def _mmdebstrap(suite: str, target: Path, mirror: str, packages: Sequence[str], log: Path) -> None:
+    run_mmdebstrap(["--mode=root", "--variant=apt"], suite, target, mirror, packages, log)
+
+
+def run_mmdebstrap(
+    options: Sequence[str],
+    suite: str,
+    target: Path,
+    mirror: str,
+    packages: Sequence[str],
+    log: Path,
+    *,
+    error: type[HarnessError] = ToolchainError,
+) -> None:
+    """mmdebstrap `suite` into `target` with `options` and `packages`, its output in `log`;
+    `error` (one line and the log's tail) when it fails or times out."""
     # Its own mount namespace: no /proc or /dev mount of a half-made root outlives it for
     # the cleanup to walk into. pdeathsig + kill-child + own pid namespace: it and all its
     # children die with us, even on SIGKILL.
     argv = [
         "setpriv", "--pdeathsig", "KILL",
         "unshare", "--mount", "--pid", "--fork", "--kill-child",
-        "mmdebstrap", "--mode=root", "--variant=apt",
+        "mmdebstrap", *options,
         f"--include={','.join(packages)}",
         "--aptopt=Acquire::Retries \"3\"",
         # The host's mirror may be a dated snapshot: a rolling suite's Release is then past
@@ -131,6 +146,7 @@ def _mmdebstrap(suite: str, target: Path, mirror: str, packages: Sequence[str], 
         "--aptopt=Acquire::Check-Valid-Until \"false\"",
         suite, str(target), mirror,
     ]  # fmt: skip
+    what = f"mmdebstrap {' '.join(options)} {suite}"
     with open(log, "w") as out:
         try:
             result = subprocess.run(
@@ -138,12 +154,10 @@ def _mmdebstrap(suite: str, target: Path, mirror: str, packages: Sequence[str], 
                 timeout=CREATE_TIMEOUT, check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
-            raise ToolchainError(f"mmdebstrap {suite}: timed out; log in {log}") from None
+            raise error(f"{what}: timed out; log in {log}") from None
     if result.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise ToolchainError(
-            f"mmdebstrap {suite} failed (exit {result.returncode}); log in {log}:\n{tail}"
-        )
+        raise error(f"{what} failed (exit {result.returncode}); log in {log}:\n{tail}")
 
 
 def _makefile_paths(headers: Path) -> list[Path]:

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from harness.build.buildroot import run_mmdebstrap
 from harness.cache import atomic_write_text, cache_dir, locked, staged_dir
 from harness.errors import BootError, KernelError
 from harness.kernels.arch import Arch
@@ -22,7 +23,6 @@ from harness.vm import guestroot
 
 SUITE = "bookworm"
 PACKAGES = ("busybox-static", "bash", "kmod")
-CREATE_TIMEOUT = 600.0
 # Where virtme-ng's init mounts or writes in the root.
 EXTRA_DIRS = ("etc/lvm", "var/lib", "usr/local/bin")
 
@@ -50,25 +50,8 @@ def _extract(arch: Arch, target: Path, log: Path) -> None:
         raise BootError(f"{err}; or set {MIRROR_ENV}") from None
     if shutil.which("mmdebstrap") is None:
         raise BootError("mmdebstrap is not installed (Debian package mmdebstrap)")
-    argv = [
-        "setpriv", "--pdeathsig", "KILL",
-        "mmdebstrap", "--variant=extract", f"--architectures={arch.debian}",
-        f"--include={','.join(PACKAGES)}",
-        "--aptopt=Acquire::Retries \"3\"",
-        "--aptopt=Acquire::Check-Valid-Until \"false\"",
-        SUITE, str(target), mirror,
-    ]  # fmt: skip
-    with open(log, "w") as out:
-        try:
-            proc = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                timeout=CREATE_TIMEOUT, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise BootError(f"mmdebstrap {arch.debian} root: timed out; log in {log}") from None
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
-        raise BootError(f"mmdebstrap {arch.debian} root failed; log in {log}:\n{tail}")
+    options = ["--variant=extract", f"--architectures={arch.debian}"]
+    run_mmdebstrap(options, SUITE, target, mirror, PACKAGES, log, error=BootError)
 
 
 def _populate(root: Path) -> None:
