@@ -48,6 +48,8 @@ def test_specs_carry_the_architecture() -> None:
     assert tree.arch == "arm64" and tree.config == "kaslr" and tree.text.endswith(":kaslr:arm64")
     with pytest.raises(KernelError, match="bad source spec"):
         parse_spec("source:7.3:livepatch:arm64:extra")
+    with pytest.raises(KernelError, match=r"'source:7.3:livepatch:mips': unknown architecture"):
+        parse_spec("source:7.3:livepatch:mips")
 
 
 def test_fragments_per_architecture() -> None:

@@ -151,8 +151,14 @@ def _source_spec(text: str, rest: str) -> Spec:
     (a tree); ARCH defaults to the host's and is left out of the normalised text then."""
     arch = HOST
     head, sep, last = rest.rpartition(":")
-    if sep and ":" in head and last in arches():
-        rest, arch = head, last
+    if sep and ":" in head:
+        if last not in arches() and _SOURCE_VERSION.match(head.split(":")[0]):
+            try:  # `source:7.3:livepatch:mips`: name the architectures
+                find_arch(last)
+            except KernelError as err:
+                raise KernelError(f"bad source spec {text!r}: {err}") from None
+        if last in arches():
+            rest, arch = head, last
     ref, sep, config = rest.rpartition(":")
     if not sep or not ref or not _CONFIG_NAME.match(config):
         raise KernelError(
