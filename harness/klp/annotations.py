@@ -9,6 +9,7 @@ relocation sections) are consumed: the converter removes them from its output.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from harness.errors import AmbiguousSymbolError, AnnotationUseError, UnsupportedElfError
@@ -19,6 +20,7 @@ from harness.klp.elfread import (
     SHT_NOBITS,
     SHT_RELA,
     ElfImage,
+    Section,
     cstring,
 )
 from harness.klp.files import printable
@@ -36,44 +38,66 @@ class Annotation:
     section: str
 
 
+@dataclass(frozen=True)
+class PointerSection:
+    """An annotation section: its object name (after the prefix), bytes and pointers."""
+
+    section: Section
+    obj: str
+    data: bytes
+    pointers: list[tuple[int, int, int]]  # (offset, symbol index, addend)
+
+
+def pointer_sections(
+    img: ElfImage, prefix: str, dropped: set[int], *, align: int, width: int, what: str
+) -> Iterator[PointerSection]:
+    """Every section named `prefix<obj>` with the pointers its RELA sections write (each
+    the machine's 64-bit absolute type, at a multiple of `align`, `width` bytes inside
+    it; else `what` names the entry it is not). The sections and their RELA sections are
+    added to `dropped`: the converter consumes them."""
+    pointer = POINTER_RELOC.get(img.machine.em, R_X86_64_64)
+    for sec in img.sections:
+        if not sec.name.startswith(prefix):
+            continue
+        dropped.add(sec.index)
+        data = img.section_bytes(sec.index) if sec.type != SHT_NOBITS else b""
+        pointers = []
+        for rel in img.sections:
+            if rel.type != SHT_RELA or rel.info != sec.index:
+                continue
+            dropped.add(rel.index)
+            arr = img.relas(rel.index)
+            fields = zip(arr.offsets(), arr.types(), arr.symbols(), arr.addends(), strict=True)
+            for off, rtype, index, addend in fields:
+                if off % align or off + width > len(data) or rtype != pointer:
+                    raise UnsupportedElfError(f"{img.label}: {sec.label}+{off:#x}: not a {what}")
+                pointers.append((off, index, addend))
+        yield PointerSection(sec, sec.name[len(prefix) :], data, pointers)
+
+
 def read_annotations(
     img: ElfImage, syms: Symbols, strtab: bytes
 ) -> tuple[dict[int, Annotation], set[int]]:
     """({symbol index: annotation}, indexes of the sections to drop)."""
     found: dict[int, Annotation] = {}
     dropped: set[int] = set()
-    for sec in img.sections:
-        if not sec.name.startswith(ANNOTATION_PREFIX):
-            continue
-        obj = sec.name[len(ANNOTATION_PREFIX) :]
-        dropped.add(sec.index)
-        data = img.section_bytes(sec.index) if sec.type != SHT_NOBITS else b""
-        for rel in img.sections:
-            if rel.type != SHT_RELA or rel.info != sec.index:
-                continue
-            dropped.add(rel.index)
-            arr = img.relas(rel.index)
-            for off, rtype, index in zip(arr.offsets(), arr.types(), arr.symbols(), strict=True):
-                if (
-                    off % ANNOTATION_ENTRY
-                    or off + ANNOTATION_ENTRY > len(data)
-                    or rtype != POINTER_RELOC.get(img.machine.em, R_X86_64_64)
-                ):
-                    raise UnsupportedElfError(
-                        f"{img.label}: {sec.label}+{off:#x}: not a KLP_SYMPOS entry "
-                        "(packed {pointer, u32 sympos})"
-                    )
-                (pos,) = struct.unpack_from("<I", data, off + 8)
-                name = cstring(strtab, syms.names[index])
-                note = Annotation(obj, pos, sec.name)
-                old = found.get(index)
-                if old and (old.obj, old.sympos) != (obj, pos):
-                    raise AmbiguousSymbolError(
-                        f"{img.label}: '{printable(name)}' is annotated twice: "
-                        f"{printable(old.obj)} position {old.sympos} and {printable(obj)} "
-                        f"position {pos}"
-                    )
-                found[index] = note
+    what = "KLP_SYMPOS entry (packed {pointer, u32 sympos})"
+    each = pointer_sections(
+        img, ANNOTATION_PREFIX, dropped, align=ANNOTATION_ENTRY, width=ANNOTATION_ENTRY, what=what
+    )
+    for sec in each:
+        obj = sec.obj
+        for off, index, _ in sec.pointers:
+            (pos,) = struct.unpack_from("<I", sec.data, off + 8)
+            name = cstring(strtab, syms.names[index])
+            old = found.get(index)
+            if old and (old.obj, old.sympos) != (obj, pos):
+                raise AmbiguousSymbolError(
+                    f"{img.label}: '{printable(name)}' is annotated twice: "
+                    f"{printable(old.obj)} position {old.sympos} and {printable(obj)} "
+                    f"position {pos}"
+                )
+            found[index] = Annotation(obj, pos, sec.section.name)
     return found, dropped
 
 

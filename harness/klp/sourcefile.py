@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from harness.errors import AmbiguousSymbolError, SourceFileChoiceError, UnsupportedElfError
-from harness.klp.annotations import POINTER_RELOC
-from harness.klp.elfread import R_X86_64_64, SHT_NOBITS, SHT_RELA, ElfImage, cstring
+from harness.klp.annotations import pointer_sections
+from harness.klp.elfread import SHT_NOBITS, ElfImage, cstring
 from harness.klp.files import printable
 from harness.klp.symbols import VMLINUX
 from harness.klp.tables import Symbols
@@ -46,27 +46,14 @@ def read_file_annotations(
     found: dict[int, FileChoice] = {}
     dropped: set[int] = set()
     values = syms.values()
-    for sec in img.sections:
-        if not sec.name.startswith(FILE_ANNOTATION_PREFIX):
-            continue
-        obj = sec.name[len(FILE_ANNOTATION_PREFIX) :]
-        dropped.add(sec.index)
-        size = len(img.section_bytes(sec.index)) if sec.type != SHT_NOBITS else 0
+    what = "KLP_SYMPOS_FILE entry (packed {pointer, pointer to a string})"
+    for found_sec in pointer_sections(
+        img, FILE_ANNOTATION_PREFIX, dropped, align=8, width=8, what=what
+    ):
+        sec, obj = found_sec.section, found_sec.obj
         entries: dict[int, dict[int, tuple[int, int]]] = {}
-        for rel in img.sections:
-            if rel.type != SHT_RELA or rel.info != sec.index:
-                continue
-            dropped.add(rel.index)
-            arr = img.relas(rel.index)
-            fields = zip(arr.offsets(), arr.types(), arr.symbols(), arr.addends(), strict=True)
-            pointer = POINTER_RELOC.get(img.machine.em, R_X86_64_64)
-            for off, rtype, index, addend in fields:
-                if off % 8 or off + 8 > size or rtype != pointer:
-                    raise UnsupportedElfError(
-                        f"{img.label}: {sec.label}+{off:#x}: not a KLP_SYMPOS_FILE entry "
-                        "(packed {pointer, pointer to a string})"
-                    )
-                entries.setdefault(off - off % FILE_ENTRY, {})[off % FILE_ENTRY] = (index, addend)
+        for off, index, addend in found_sec.pointers:
+            entries.setdefault(off - off % FILE_ENTRY, {})[off % FILE_ENTRY] = (index, addend)
         for start, pair in sorted(entries.items()):
             if set(pair) != {0, 8}:
                 raise UnsupportedElfError(
