@@ -143,3 +143,27 @@ def test_ppc64le_row_and_its_table_from_system_map(tmp_path: Path) -> None:
     system_map.write_text("c000000000000000 ? __nosave_begin\n" + "".join(lines))
     rec = from_system_map(system_map, tmp_path / "kallsyms")
     assert rec.count == 1200 and read(rec.path)[0].name == "f0"  # the linker's `?` marks dropped
+
+
+def test_a_truncated_arm64_image_is_a_damaged_build(tmp_path: Path) -> None:
+    """An arm64 Image has no size in its header: the size its build recorded catches a cut."""
+    import json
+
+    from harness.kernels.source_build import check_build
+
+    entry = tmp_path / "source-7.3-livepatch-arm64-0123"
+    for name in ("obj/.config", "obj/Module.symvers", "kallsyms"):
+        (entry / name).parent.mkdir(parents=True, exist_ok=True)
+        (entry / name).write_text("")
+    image = entry / "obj/arch/arm64/boot/Image"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(IMAGE_HEAD.read_bytes() + bytes(1000))
+    meta: dict[str, object] = {"name": "n", "release": "7.3.4-klp", "package_version": "v"}
+    meta["packages"] = []
+    meta |= {"arch": "arm64", "image_bytes": 64 + 1000}
+    (entry / "kernel.json").write_text(json.dumps(meta))
+    assert check_build(entry) == ""
+    image.write_bytes(image.read_bytes()[:500])
+    assert "not the 1064 bytes the build wrote" in check_build(entry)
+    (entry / "kernel.json").write_text(json.dumps(meta | {"arch": "vax"}))
+    assert "unknown architecture 'vax'" in check_build(entry)
